@@ -1,0 +1,199 @@
+"""The ``batml`` command: one entry point, one subcommand per job.
+
+The CLI only parses options, calls the Python API and prints; everything it does can be
+done from Python too. Exit status: 0 success; 1 error (nothing or not everything done, the
+message says why); 2 bad command line; 3 done, but some files or recordings were rejected or
+failed (listed in the output); 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline._version import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _settings(args):
+    from pipeline.config import Settings
+
+    settings = Settings.load(args.config)
+    ingest = settings.ingest.replace(
+        channels=getattr(args, "channels", None), time_expansion=getattr(args, "time_expansion", None)
+    )
+    return type(settings)(spectrogram=settings.spectrogram, ingest=ingest)
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument(
+        "--cluster",
+        default="local",
+        metavar="local|slurm|ADDRESS",
+        help="where to run: a local Dask cluster (default), SLURM jobs (dask-jobqueue), "
+        "or the address of a running scheduler (tcp://host:8786)",
+    )
+    g.add_argument("--workers", type=int, metavar="N", help="workers to start (default: one per CPU core)")
+
+
+def _add_audio_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recordings")
+    g.add_argument(
+        "--time-expansion",
+        type=float,
+        metavar="X",
+        help="time-expansion factor of every file (overrides GUANO's TE; default: GUANO's, else 1)",
+    )
+    g.add_argument(
+        "--channels",
+        choices=("each", "first", "mix"),
+        help="multichannel files: analyse each channel (default), the first only, or their mean",
+    )
+
+
+def cmd_simulate(args) -> int:
+    from pipeline.simulate import simulate_archive
+
+    archive = simulate_archive(
+        args.out_dir,
+        minutes=args.minutes,
+        seed=args.seed,
+        empty_fraction=args.empty_fraction,
+        overlap_fraction=args.overlap_fraction,
+        time_expanded_fraction=args.time_expanded_fraction,
+        progress=not args.quiet,
+    )
+    print(
+        f"{len(archive.files)} recordings, {archive.duration_s / 60:.1f} min, {archive.n_calls} calls "
+        f"-> {archive.root}\nannotations: {archive.annotations_npz}, {archive.annotations_csv}"
+    )
+    return EXIT_OK
+
+
+def cmd_manifest(args) -> int:
+    from pipeline.io import archive
+
+    settings = _settings(args)
+    paths = archive.discover(args.audio)
+    manifest = archive.build_manifest(
+        paths, time_expansion=settings.ingest.time_expansion, settings=settings.spectrogram, progress=not args.quiet
+    )
+    archive.write_manifest(manifest, args.out)
+    bad = manifest[manifest["status"] != "ok"]
+    print(f"{len(manifest)} files, {len(bad)} rejected -> {args.out}")
+    for path, reason in zip(bad["path"], bad["reason"]):
+        print(f"rejected: {path}: {reason}")
+    return EXIT_SOME_FAILED if len(bad) else EXIT_OK
+
+
+def cmd_ingest(args) -> int:
+    from pipeline.ingest import ingest
+
+    report = ingest(
+        args.audio,
+        args.cube,
+        settings=_settings(args),
+        cluster=args.cluster,
+        n_workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    if not report.complete:
+        return EXIT_ERROR
+    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batml",
+        description="Detect bat echolocation calls and classify their species in ultrasonic recordings, "
+        "from a laptop to a SLURM cluster.",
+        epilog="Exit status: 0 ok; 1 error; 2 bad command line; 3 done but some files failed (listed); "
+        "130 interrupted (run the same command again to resume).",
+    )
+    parser.add_argument("--version", action="version", version=f"batml {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file (see README)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or dashboard address")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="simulate",
+        help="write a synthetic archive of annotated bat recordings",
+        description="Write a synthetic archive: full-spectrum WAV files with calls of the 7 groups "
+        "(Barbarg, Envsp, Myosp, Pip35, Pip50, Plesp, Rhisp), noise, empty files and overlapping "
+        "species, plus annotations.npz (the seed's format) and annotations.csv. Same seed, same bytes.",
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--minutes", type=float, default=10.0, help="total audio duration (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--empty-fraction", type=float, default=0.25, help="fraction of files without bats (0.25)")
+    p.add_argument(
+        "--overlap-fraction", type=float, default=0.2, help="fraction of bat files with 2-3 species at once (0.2)"
+    )
+    p.add_argument(
+        "--time-expanded-fraction", type=float, default=0.0, help="fraction of files written time-expanded x10 (0)"
+    )
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="manifest",
+        help="list an archive's recordings and their metadata in a Parquet table",
+        description="Read the header and GUANO metadata of every WAV file under AUDIO_DIR (no decoding) "
+        "and write the manifest: path, size, mtime, sample rate, duration, channels, time expansion, "
+        "timestamp, recorder, status and the reason a file cannot be used.",
+    )
+    p.add_argument("audio", metavar="AUDIO_DIR", help="folder (recursive), fsspec URL or WAV file")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="MANIFEST.parquet")
+    _add_audio_options(p)
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="ingest",
+        help="compute the spectrogram cube (zarr) of an archive; resumable",
+        description="Compute the model-ready spectrograms of every recording under AUDIO_DIR into a "
+        "zarr-backed xarray cube, in parallel with Dask. Running the same command again resumes "
+        "where it stopped; a cube made with other settings or files is refused.",
+    )
+    p.add_argument("audio", metavar="AUDIO_DIR", help="folder (recursive), fsspec URL or WAV file")
+    p.add_argument("--cube", type=Path, required=True, metavar="CUBE.zarr", help="the cube to create or resume")
+    _add_audio_options(p)
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: one line, no traceback."""
+    from pipeline.config import SettingsError
+    from pipeline.distributed import ClusterError
+    from pipeline.io.archive import ArchiveError
+    from pipeline.io.cube import CubeError
+
+    return (SettingsError, ClusterError, ArchiveError, CubeError, FileNotFoundError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("batml: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _user_errors() as exc:
+        print(f"batml: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # full disk, read-only folder...: the system's words, one line
+        print(f"batml: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

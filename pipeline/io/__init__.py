@@ -1,0 +1,1 @@
+"""Reading and writing: recordings, archives, spectrogram cubes, annotations, detections."""

@@ -1,0 +1,1 @@
+"""The six model architectures and their default hyperparameters (``params/*.csv``)."""
