@@ -178,7 +178,7 @@ def _check_resumable(path: Path, paths: list[str], spectrogram: SpectrogramSetti
             "or changed files); use another --cube for the new recordings or delete it"
         )
     recordings = existing.batml.recordings
-    recordings["n_samples"] = (recordings["duration"] * recordings["real_rate"]).round().astype("int64")
+    recordings["n_samples"] = manifest["frames"].to_numpy()[recordings["file_index"].to_numpy()]
     return manifest, cube_io.Layout(recordings=recordings, chunk_columns=int(attrs["chunk_columns"]))
 
 
@@ -250,8 +250,7 @@ def ingest(
         recs = layout.recordings
         report.failed = [(recs["path"].iat[r], int(recs["channel"].iat[r]), reason) for r, reason in sorted(failures.items())]
         if len(done) == layout.n_chunks:
-            statuses = [failures.get(r, "ok") for r in range(len(recs))]
-            cube_io.finalize_cube(cube, statuses)
+            cube_io.finalize_cube(cube, failures)
     report.seconds = time.perf_counter() - t0
     return report
 

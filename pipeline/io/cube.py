@@ -7,9 +7,9 @@ Layout of a cube (an xarray Dataset, zarr format 3)::
     offset        (time)             float64   coordinate: start of the column in its recording (s, real time)
     frequency     (frequency)        float64   nominal centre frequency of each row (Hz)
     path, channel, file_index, start, n_columns, duration, real_rate, status     (recording)
-    file_path, file_size, file_mtime, file_sample_rate, file_duration, file_channels,
-    file_time_expansion, file_timestamp, file_recorder, file_subtype, file_status,
-    file_reason                                                                  (file)
+    file_path, file_size, file_mtime, file_sample_rate, file_frames, file_duration,
+    file_channels, file_time_expansion, file_timestamp, file_recorder, file_subtype,
+    file_status, file_reason, file_note                                          (file)
 
 A *file* is a WAV of the archive (the manifest, one row per file, rejected ones included);
 a *recording* is what the models see: one channel of a file, or its mix, by the channel
@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,14 +39,15 @@ import zarr
 
 from pipeline._version import __version__
 from pipeline.config import IngestSettings, SpectrogramSettings
+from pipeline.io.audio import channel_units
 
 CUBE_FORMAT = 1
 JOURNAL = "_journal"
 MIX_CHANNEL = -1  # ``channel`` of a recording that is the mean of all channels
 
 FILE_VARIABLES = (
-    "path", "size", "mtime", "sample_rate", "duration", "channels", "time_expansion",
-    "timestamp", "recorder", "subtype", "status", "reason",
+    "path", "size", "mtime", "sample_rate", "frames", "duration", "channels", "time_expansion",
+    "timestamp", "recorder", "subtype", "status", "reason", "note",
 )  # fmt: skip
 
 
@@ -151,7 +153,7 @@ def channel_selector(code: int) -> int | str:
 
 def plan_layout(
     manifest: pd.DataFrame,
-    channel_units,
+    channel_policy: str,
     settings: SpectrogramSettings,
     chunk_columns: int,
 ) -> Layout:
@@ -160,7 +162,7 @@ def plan_layout(
     Parameters
     ----------
     manifest : the archive's manifest (rows with ``status == "ok"`` are used)
-    channel_units : callable ``(channels) -> list of selectors`` from the channel policy
+    channel_policy : ``"each"``, ``"first"`` or ``"mix"`` (see :func:`pipeline.io.audio.channel_units`)
     settings : spectrogram settings (how many columns each recording has)
     chunk_columns : columns per chunk
     """
@@ -170,9 +172,9 @@ def plan_layout(
         if file.status != "ok":
             continue
         real_rate = float(file.sample_rate) * float(file.time_expansion)
-        n_samples = int(round(file.duration * real_rate))
+        n_samples = int(file.frames)
         n_columns = settings.n_columns(n_samples, real_rate)
-        for selector in channel_units(int(file.channels)):
+        for selector in channel_units(int(file.channels), channel_policy):
             rows.append(
                 dict(
                     path=file.path,
@@ -206,7 +208,8 @@ def manifest_digest(manifest: pd.DataFrame) -> str:
 
 
 def _strings(values) -> np.ndarray:
-    return np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object)
+    """Object array of ``str`` (missing values become ``""``), as zarr stores text."""
+    return np.array(["" if pd.isna(v) else str(v) for v in values], dtype=object)
 
 
 def _skeleton(
@@ -233,7 +236,7 @@ def _skeleton(
     }
     for name in FILE_VARIABLES:
         values = manifest[name]
-        values = _strings(values) if values.dtype == object or name in ("timestamp", "recorder", "reason") else values.to_numpy()
+        values = values.to_numpy() if pd.api.types.is_numeric_dtype(values) else _strings(values)
         data[f"file_{name}"] = ("file", values)
     coords = {
         "frequency": ("frequency", np.asarray(spectrogram.frequencies()), {"units": "Hz", "long_name": "frequency"}),
@@ -288,7 +291,8 @@ def create_cube(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     ds = _skeleton(layout, manifest, spectrogram, ingest, run_id=uuid.uuid4().hex)
-    ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=True, encoding=_encoding(ds))
+    ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=_encoding(ds))
+    consolidate(tmp)
     (tmp / JOURNAL).mkdir()
     os.replace(tmp, path)
 
@@ -334,12 +338,31 @@ def finished_chunks(path: str | os.PathLike) -> dict[int, dict[int, str]]:
     return done
 
 
-def finalize_cube(path: str | os.PathLike, statuses: list[str]) -> None:
-    """Write the recordings' final statuses, mark the cube complete, consolidate metadata."""
+def finalize_cube(path: str | os.PathLike, failures: dict[int, str]) -> None:
+    """Record the recordings that failed (and their files), mark the cube complete.
+
+    ``failures`` maps recording index to reason; every other recording is ``"ok"``. A file
+    with a failed recording gets status ``"failed"`` and that reason in the manifest.
+    """
     group = open_store(path)
-    group["status"][:] = np.array(statuses, dtype=object)
+    n = group["status"].shape[0]
+    group["status"][:] = np.array([failures.get(r, "ok") for r in range(n)], dtype=object)
+    if failures:
+        file_index = group["file_index"][:]
+        file_status, file_reason = group["file_status"][:], group["file_reason"][:]
+        for r, reason in failures.items():
+            file_status[file_index[r]], file_reason[file_index[r]] = "failed", reason
+        group["file_status"][:], group["file_reason"][:] = file_status, file_reason
     group.attrs["complete"] = 1
-    zarr.consolidate_metadata(str(path))
+    consolidate(path)
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Consolidate the store's metadata (the journal folder is not zarr's business)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -385,8 +408,8 @@ class CubeAccessor:
             if not 0 <= key < self._ds.sizes["recording"]:
                 raise KeyError(f"no recording {key}; the cube has {self._ds.sizes['recording']}")
             return int(key)
-        paths = self._ds["path"].values
-        matches = np.flatnonzero((paths == str(key)) | np.char.endswith(paths.astype(str), "/" + str(key)))
+        key, tail = str(key), "/" + str(key).lstrip("/")
+        matches = np.flatnonzero([p == key or p.endswith(tail) for p in self._ds["path"].values])
         if channel is not None:
             matches = matches[self._ds["channel"].values[matches] == channel]
         if len(matches) == 0:

@@ -1,0 +1,40 @@
+"""Shared fixtures: real recordings, small simulated archives, a Dask cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+# TensorFlow and friends: keep worker processes quiet and single-threaded in tests.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of real recordings (../shared/data/real); skips when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real recordings not found at {REAL_DATA} (see ../shared/data/README.md)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A real two-worker LocalCluster shared by the tests that need Dask."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory):
+    """A 1-minute simulated archive (read only: copy it before changing it)."""
+    from pipeline.simulate import simulate_archive
+
+    return simulate_archive(tmp_path_factory.mktemp("archive"), minutes=1.0, seed=7)
