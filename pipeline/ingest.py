@@ -141,17 +141,15 @@ def ingest_chunk(
 # --- the driver ----------------------------------------------------------------------------
 
 
-def _stat(paths: list[str]) -> pd.DataFrame:
-    sizes, mtimes = [], []
+def _file_status(paths: list[str]) -> pd.DataFrame:
+    """Size and modification time of each file now (-1 and NaN for a file that vanished)."""
+    rows = []
     for p in paths:
         try:
-            st = os.stat(p)
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime)
-        except OSError:
-            sizes.append(-1)
-            mtimes.append(float("nan"))
-    return pd.DataFrame({"path": paths, "size": sizes, "mtime": mtimes})
+            rows.append((p, *audio.file_status(p)))
+        except audio.RecordingError:
+            rows.append((p, -1, float("nan")))
+    return pd.DataFrame(rows, columns=["path", "size", "mtime"])
 
 
 def _check_resumable(path: Path, paths: list[str], spectrogram: SpectrogramSettings, ingest: IngestSettings):
@@ -169,7 +167,7 @@ def _check_resumable(path: Path, paths: list[str], spectrogram: SpectrogramSetti
             "use another --cube or delete it"
         )
     manifest = existing.batml.manifest
-    now = _stat(paths)
+    now = _file_status(paths)
     if manifest_changed(manifest, now):
         added = len(set(now["path"]) - set(manifest["path"]))
         gone = len(set(manifest["path"]) - set(now["path"]))

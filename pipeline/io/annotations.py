@@ -1,0 +1,425 @@
+"""Call annotations: the seed's ``.npz`` format and a plain CSV of calls.
+
+The seed's format (see ``SEED.md``) is a ``.npz`` with, for each split ``train`` and ``test``:
+
+``<split>_files``
+    recording names without extension (``str`` or ``bytes``);
+``<split>_durations``
+    duration of each recording in real seconds;
+``<split>_pos``
+    per recording, the start times (real seconds) of its calls, shape ``(n,)`` or ``(n, 1)``;
+``<split>_class``
+    per recording, the classes (1..K, index into :data:`pipeline.config.SEED_SPECIES` plus one)
+    of those calls; absent from a detection-only dataset.
+
+Two calls of different classes at the same moment are two entries with the same position. The
+per-recording arrays are ragged, so they are stored as object arrays, whose loading needs pickle.
+:func:`read_seed_npz` unpickles them with an allow-list of the few numpy callables that rebuild
+plain arrays, so that an untrusted file cannot run code. :func:`write_seed_npz` writes the same
+format byte for byte reproducibly (fixed zip timestamps), loadable by the seed's
+``np.load(path, allow_pickle=True)``.
+
+The CSV of calls has one row per call, with at least the columns ``file``, ``position`` (s) and
+``class`` (an integer 1..K or a group name), and optionally ``split`` and any other column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import secrets
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy._core.multiarray import _reconstruct, scalar
+from numpy._core.numeric import _frombuffer
+from numpy.lib import format as npy_format
+
+from pipeline.config import SEED_SPECIES
+
+SPLITS = ("train", "test")
+
+#: Fixed timestamp of every zip entry, so that the same content gives the same bytes.
+_ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+#: The only globals an untrusted pickle may name: what numpy 1.x and 2.x use to rebuild
+#: arrays, dtypes and scalars. None of them can run code or touch files.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): scalar,
+    ("numpy._core.multiarray", "scalar"): scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+}
+
+CSV_REQUIRED_COLUMNS = ("file", "position", "class")
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be used; its message is one line naming the file."""
+
+
+@dataclass(frozen=True, eq=False)
+class RecordingCalls:
+    """The annotated calls of one recording.
+
+    Parameters
+    ----------
+    file
+        Recording name without extension, relative to the archive root, POSIX separators.
+    duration
+        Duration of the recording in real seconds.
+    positions
+        Start time of each call in real seconds, float64, shape ``(n,)``.
+    classes
+        Class of each call (1..K), int64, shape ``(n,)``; ``None`` for detection-only data.
+    """
+
+    file: str
+    duration: float
+    positions: np.ndarray
+    classes: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class SeedDataset:
+    """A dataset in the seed's format: annotated recordings of the train and test splits."""
+
+    train: list[RecordingCalls]
+    test: list[RecordingCalls]
+    has_classes: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # created by the writer: umask applies
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _ragged(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """A 1-D object array holding ``arrays`` as they are (never merged into a 2-D array)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, array in enumerate(arrays):
+        out[i] = array
+    return out
+
+
+def _split_fields(split: str, recordings: Sequence[RecordingCalls], with_classes: bool) -> dict:
+    fields = {
+        f"{split}_files": np.array([r.file for r in recordings], dtype=str),
+        f"{split}_durations": np.array([r.duration for r in recordings], dtype=np.float64),
+        f"{split}_pos": _ragged([np.asarray(r.positions, dtype=np.float64) for r in recordings]),
+    }
+    if with_classes:
+        fields[f"{split}_class"] = _ragged([np.asarray(r.classes, dtype=np.int64) for r in recordings])
+    return fields
+
+
+def write_seed_npz(path: str | os.PathLike, train: Sequence[RecordingCalls],
+                   test: Sequence[RecordingCalls]) -> Path:
+    """Write annotated recordings in the seed's ``.npz`` format, reproducibly and atomically.
+
+    Parameters
+    ----------
+    path
+        Destination ``.npz``; replaced atomically (written next to it, then renamed).
+    train, test
+        Recordings of each split, in the order to store them. Either every recording has
+        ``classes`` (a classification dataset) or none has (detection-only).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        If some recordings have classes and others do not.
+
+    Notes
+    -----
+    The same content always gives the same bytes: the zip entries carry a fixed timestamp and the
+    arrays are written with :func:`numpy.lib.format.write_array`. The file loads with the seed's
+    ``np.load(path, allow_pickle=True)``.
+    """
+    recordings = [*train, *test]
+    with_classes = {r.classes is not None for r in recordings}
+    if len(with_classes) > 1:
+        raise ValueError("either every recording has classes or none has")
+    has_classes = with_classes != {False}
+    fields = {**_split_fields("train", train, has_classes), **_split_fields("test", test, has_classes)}
+    path = Path(path)
+    with _atomic_target(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in fields.items():
+            buffer = io.BytesIO()
+            npy_format.write_array(buffer, array, allow_pickle=True)
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE_TIME)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, buffer.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain numpy arrays only; any other global is refused with an AnnotationError."""
+
+    def __init__(self, file, source: Path):
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise AnnotationError(
+                f"{self._source}: refuses to unpickle {module}.{name}; only plain numpy arrays are "
+                "allowed (pass trust=True for a file you trust)"
+            ) from None
+
+
+def _load_member(archive: zipfile.ZipFile, member: str, source: Path, trust: bool) -> np.ndarray:
+    """Read one ``.npy`` member; object arrays go through the allow-list unless ``trust``."""
+    buffer = io.BytesIO(archive.read(member))
+    version = npy_format.read_magic(buffer)
+    if version == (1, 0):
+        _, _, dtype = npy_format.read_array_header_1_0(buffer)
+    else:
+        _, _, dtype = npy_format.read_array_header_2_0(buffer)
+    if dtype.hasobject and not trust:
+        array = _ArrayUnpickler(buffer, source).load()
+        if not isinstance(array, np.ndarray):
+            raise AnnotationError(f"{source}: {member} does not hold an array")
+        return array
+    buffer.seek(0)
+    return npy_format.read_array(buffer, allow_pickle=trust, pickle_kwargs={"encoding": "latin1"})
+
+
+def _load_fields(path: Path, trust: bool) -> dict[str, np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {
+                member.removesuffix(".npy"): _load_member(archive, member, path, trust)
+                for member in archive.namelist()
+                if member.endswith(".npy")
+            }
+    except AnnotationError:
+        raise
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: file not found") from None
+    except zipfile.BadZipFile:
+        raise AnnotationError(f"{path}: not an .npz (zip) file") from None
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise AnnotationError(f"{path}: unreadable array ({exc})") from None
+
+
+def _names(array: np.ndarray) -> list[str]:
+    """Recording names from an array of ``str`` or ``bytes`` (UTF-8)."""
+    return [name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in array.reshape(-1)]
+
+
+def _per_recording(array: np.ndarray) -> list[np.ndarray]:
+    """The ragged per-recording arrays, whether stored as an object array or as a 2-D array."""
+    if array.ndim >= 2:
+        return list(array)
+    if array.dtype.hasobject:
+        return [np.asarray(item) for item in array]
+    raise ValueError(f"expected one array per recording, got a {array.ndim}-D {array.dtype} array")
+
+
+def _column(values: np.ndarray) -> np.ndarray:
+    """One recording's values as shape ``(n,)``; accepts ``(n,)`` and ``(n, 1)``."""
+    if values.ndim <= 1 or (values.ndim == 2 and values.shape[1] == 1):
+        return values.reshape(-1)
+    raise ValueError(f"per-recording array of shape {values.shape}, expected (n,) or (n, 1)")
+
+
+def _recordings(fields: Mapping[str, np.ndarray], split: str, n_classes: int | None) -> list[RecordingCalls]:
+    """Validate and assemble one split; raises ValueError with the reason."""
+    names = _names(fields[f"{split}_files"])
+    durations = np.asarray(fields[f"{split}_durations"], dtype=np.float64).reshape(-1)
+    positions = _per_recording(fields[f"{split}_pos"])
+    classes = None if n_classes is None else _per_recording(fields[f"{split}_class"])
+    lengths = {len(names), len(durations), len(positions), len(classes if classes is not None else positions)}
+    if len(lengths) > 1:
+        raise ValueError(f"{split}_* fields have different lengths {sorted(lengths)}")
+    if not np.all(np.isfinite(durations) & (durations >= 0)):
+        raise ValueError(f"{split}_durations holds negative or non-finite values")
+    recordings = []
+    for i, name in enumerate(names):
+        pos = _column(positions[i]).astype(np.float64)
+        if not np.all(np.isfinite(pos)):
+            raise ValueError(f"{split}_pos[{i}] ({name}) holds non-finite positions")
+        cls = None
+        if classes is not None:
+            raw = _column(classes[i]).astype(np.float64)
+            if raw.shape != pos.shape:
+                raise ValueError(f"{split}_class[{i}] ({name}) has {raw.size} classes for {pos.size} positions")
+            if not np.all((raw == np.round(raw)) & (raw >= 1) & (raw <= n_classes)):
+                raise ValueError(f"{split}_class[{i}] ({name}) holds a class outside 1..{n_classes}")
+            cls = raw.astype(np.int64)
+        recordings.append(RecordingCalls(name, float(durations[i]), pos, cls))
+    return recordings
+
+
+def read_seed_npz(path: str | os.PathLike, *, trust: bool = False,
+                  n_classes: int = len(SEED_SPECIES)) -> SeedDataset:
+    """Read a dataset in the seed's ``.npz`` format, without running code from the file.
+
+    Parameters
+    ----------
+    path
+        The ``.npz`` file.
+    trust
+        If False (default), object arrays are unpickled with an allow-list of the numpy callables
+        that rebuild plain arrays, and anything else in the pickle is refused. If True, they are
+        unpickled normally (only for files you made yourself: pickle can run arbitrary code).
+    n_classes
+        Number of bat classes K; classes must lie in 1..K.
+
+    Returns
+    -------
+    SeedDataset
+        Both splits; ``has_classes`` is False for a detection-only dataset (no ``*_class``).
+
+    Raises
+    ------
+    AnnotationError
+        If the file is missing, not a zip, lacks a field, has fields of different lengths, a
+        position that is not finite, a class outside 1..K, or a pickle naming anything but numpy's
+        array rebuilders. The message is one line starting with the path.
+    """
+    path = Path(path)
+    fields = _load_fields(path, trust)
+    required = [f"{split}_{name}" for split in SPLITS for name in ("files", "durations", "pos")]
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise AnnotationError(f"{path}: missing field(s) {', '.join(missing)}")
+    class_fields = [f"{split}_class" for split in SPLITS if f"{split}_class" in fields]
+    if len(class_fields) == 1:
+        raise AnnotationError(f"{path}: {class_fields[0]} present but not its counterpart")
+    has_classes = bool(class_fields)
+    try:
+        splits = {split: _recordings(fields, split, n_classes if has_classes else None) for split in SPLITS}
+    except ValueError as exc:
+        raise AnnotationError(f"{path}: {exc}") from None
+    return SeedDataset(train=splits["train"], test=splits["test"], has_classes=has_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV of calls
+
+
+def write_calls_csv(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping]) -> Path:
+    """Write one row per call to a CSV file, atomically.
+
+    Parameters
+    ----------
+    path
+        Destination ``.csv``.
+    rows
+        A DataFrame or mappings with at least the columns ``file``, ``position`` and ``class``;
+        every column is written, in the given order.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        If a required column is missing.
+    """
+    table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    missing = [name for name in CSV_REQUIRED_COLUMNS if name not in table.columns]
+    if missing:
+        raise ValueError(f"calls lack column(s) {', '.join(missing)}")
+    path = Path(path)
+    with _atomic_target(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    return path
+
+
+def _class_index(value, species: Sequence[str]) -> int:
+    """A class given as an integer 1..K (possibly as text) or as a group name, as an integer."""
+    text = str(value).strip()
+    if text in species:
+        return species.index(text) + 1
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"unknown class {text!r}; expected 1..{len(species)} or one of {', '.join(species)}") from None
+    if number != round(number) or not 1 <= number <= len(species):
+        raise ValueError(f"class {text!r} outside 1..{len(species)}")
+    return int(number)
+
+
+def read_calls_csv(path: str | os.PathLike, *, species: Sequence[str] = SEED_SPECIES) -> pd.DataFrame:
+    """Read a CSV of calls, one row per call.
+
+    Parameters
+    ----------
+    path
+        The ``.csv`` file, with at least the columns ``file``, ``position`` (real seconds) and
+        ``class`` (an integer 1..K or a name from ``species``); optionally ``split``
+        (``train``/``test``) and any other column, kept as read.
+    species
+        The class names, in the order of their integers 1..K.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows as read, with ``file`` as ``str``, ``position`` as float64 and ``class`` as
+        int64 (names converted to their integers).
+
+    Raises
+    ------
+    AnnotationError
+        If the file is missing or unreadable, lacks a required column, or has a position that is
+        not a finite number, an unknown class or an unknown split.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"file": str, "class": str, "split": str}, keep_default_na=False)
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [name for name in CSV_REQUIRED_COLUMNS if name not in table.columns]
+    if missing:
+        raise AnnotationError(f"{path}: missing column(s) {', '.join(missing)}")
+    try:
+        table["position"] = pd.to_numeric(table["position"], errors="raise").astype(np.float64)
+        if not np.all(np.isfinite(table["position"])):
+            raise ValueError("non-finite position")
+        table["class"] = np.array([_class_index(value, species) for value in table["class"]], dtype=np.int64)
+        if "split" in table.columns and not table["split"].isin(SPLITS).all():
+            bad = sorted(set(table["split"]) - set(SPLITS))
+            raise ValueError(f"unknown split(s) {', '.join(map(repr, bad))}; expected train or test")
+    except ValueError as exc:
+        raise AnnotationError(f"{path}: {exc}") from None
+    return table
