@@ -1,0 +1,30 @@
+"""Clusters: defaults merged into dask.config, connecting to a scheduler address, errors."""
+
+from __future__ import annotations
+
+import dask.config
+import pytest
+
+from pipeline.distributed import ClusterError, connect, worker_threads
+
+
+def test_defaults_are_in_dask_config_and_overridable():
+    assert dask.config.get("batml.local.threads_per_worker") == 1
+    with dask.config.set({"batml.local.n_workers": 1}):
+        with connect("local", quiet=True) as client:
+            assert len(client.nthreads()) == 1
+
+
+def test_connects_to_a_running_scheduler(client, capsys):
+    with connect(client.scheduler.address) as other:
+        assert worker_threads(other) == worker_threads(client) == 2
+    assert "Dask dashboard:" in capsys.readouterr().err
+    # the cluster it connected to is not closed by leaving the block
+    assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_unreachable_scheduler_is_one_line():
+    with dask.config.set({"batml.connect_timeout": "1s"}):
+        with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+            with connect("tcp://127.0.0.1:9", quiet=True):
+                pass
