@@ -9,7 +9,9 @@ failed (listed in the output); 130 interrupted (run the same command again to re
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipeline._version import __version__
@@ -179,9 +181,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (SettingsError, ClusterError, ArchiveError, CubeError, FileNotFoundError, PermissionError)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, SLURM's time limit): stop cleanly like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -193,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # full disk, read-only folder...: the system's words, one line
         print(f"batml: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

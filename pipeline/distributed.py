@@ -107,6 +107,10 @@ def connect(
             print(f"Dask dashboard: {new_client.dashboard_link}", file=sys.stderr)
         yield new_client
     finally:
-        new_client.close()
+        # Shutting down must not hide why we stop (an error, Ctrl-C, SIGTERM): a cluster
+        # that is slow or fails to close is left to its processes' own exit.
+        with contextlib.suppress(Exception):
+            new_client.close()
         if owned is not None:
-            owned.close()
+            with contextlib.suppress(Exception):
+                owned.close()

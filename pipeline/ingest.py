@@ -31,7 +31,7 @@ from pipeline.distributed import connect, worker_threads
 from pipeline.io import archive, audio
 from pipeline.io import cube as cube_io
 
-#: Columns computed at once inside a chunk for recordings split across chunks (bounds memory).
+#: Columns computed at once for a long recording (about 10 s of audio; bounds a task's memory).
 _COLUMNS_PER_BLOCK = 8192
 
 
@@ -95,12 +95,16 @@ def recording_statistics(piece: cube_io.Piece, settings: SpectrogramSettings) ->
 
 
 def _piece_columns(piece: cube_io.Piece, settings: SpectrogramSettings, stats) -> np.ndarray:
+    """The columns of one piece: in one pass for a short recording, else streamed in blocks."""
     read = _reader(piece)
-    if piece.whole:
-        columns = sg.spectrogram(read(0, piece.n_samples), piece.real_rate, settings)
-        return columns[: piece.n_columns]
+    if piece.whole and piece.n_columns <= _COLUMNS_PER_BLOCK:
+        return sg.spectrogram(read(0, piece.n_samples), piece.real_rate, settings)[: piece.n_columns]
+    if stats is None:  # a long recording that fits in this chunk: its statistics first
+        stats = sg.recording_statistics(read, piece.n_samples, piece.real_rate, settings)
     blocks = [
-        sg.spectrogram_columns(read, piece.n_samples, piece.real_rate, settings, a, min(a + _COLUMNS_PER_BLOCK, piece.stop), stats)
+        sg.spectrogram_columns(
+            read, piece.n_samples, piece.real_rate, settings, a, min(a + _COLUMNS_PER_BLOCK, piece.stop), stats
+        )
         for a in range(piece.first, piece.stop, _COLUMNS_PER_BLOCK)
     ]
     return np.concatenate(blocks)

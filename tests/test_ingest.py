@@ -180,24 +180,31 @@ def test_select_by_path_and_time_range(built):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_cube(small_archive, built, tmp_path):
-    """Kill the whole ``batml ingest`` process (SIGKILL) mid-run, rerun, compare."""
+@pytest.mark.parametrize("how", ["SIGKILL to every process", "SIGTERM"])
+def test_interrupted_run_resumes_to_the_same_cube(built, tmp_path, how):
+    """Kill ``batml ingest`` (all its processes at once) or stop it with SIGTERM mid-run,
+    run the same command again, and compare with an uninterrupted run."""
     root, _, reference, _ = built
     config = tmp_path / "batml.toml"
     config.write_text("[ingest]\nchunk_columns = 128\n")
     cube = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "pipeline.cli", "ingest", str(root), "--cube", str(cube),
            "--config", str(config), "--workers", "1", "-q"]  # fmt: skip
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = cube / JOURNAL
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if journal.is_dir() and len(list(journal.glob("chunk-*.json"))) >= 5:
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed mid-way"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "the run ended before it could be interrupted mid-way"
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "interrupted; run the same command again" in err
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert open_cube(cube).attrs["complete"] == 0
     assert main(["ingest", str(root), "--cube", str(cube), "--config", str(config), "--workers", "1", "-q"]) == 3
     a, b = open_cube(reference), open_cube(cube)
