@@ -138,3 +138,97 @@ def test_frame_count_matches_the_seed_rate():
     for rate in RATES:
         frames_per_second = SETTINGS.n_frames(rate * 10, rate) / 10
         assert 1700 < frames_per_second < 1740
+
+
+# --- the compiled kernels equal their readable numpy references ------------------------------
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.3, 1.0, 2.0])
+@pytest.mark.parametrize("zoom", [1, 2, 3])
+@pytest.mark.parametrize("n_frames", [0, 1, 2, 3, 5, 8, 9, 33, 100, 101])
+def test_smooth_and_zoom_equals_zoom_out_of_smooth(sigma, zoom, n_frames):
+    settings = SpectrogramSettings(smoothing_sigma=sigma, zoom=zoom)
+    rng = np.random.default_rng(n_frames)
+    # frames shorter than the radius, odd counts (a trailing frame that only the smoothing
+    # of its neighbour uses), bins not divisible by zoom and the real 260
+    for n_bins in (1, 2, 5, 7, 260):
+        spec = np.maximum(rng.normal(0, 1, (n_frames, n_bins)), 0).astype(np.float32)  # like denoised
+        reference = sg.zoom_out(sg.smooth(spec, settings), zoom)
+        fused = sg.smooth_and_zoom(spec, settings)
+        assert fused.shape == reference.shape == (n_frames // zoom, n_bins // zoom)
+        assert fused.dtype == np.float32
+        np.testing.assert_allclose(fused, reference, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("zoom", [1, 2])
+def test_smooth_and_zoom_of_a_range_of_frames(sigma, zoom):
+    settings = SpectrogramSettings(smoothing_sigma=sigma, zoom=zoom)
+    spec = np.random.default_rng(1).random((41, 260), dtype=np.float32)
+    smoothed = sg.smooth(spec, settings)
+    for first, n_columns in [(0, 0), (0, 3), (1, 5), (7, 10), (41 - 3 * zoom, 3), (40, 0)]:
+        reference = sg.zoom_out(smoothed[first : first + zoom * n_columns], zoom)
+        fused = sg.smooth_and_zoom(spec, settings, first, n_columns)
+        np.testing.assert_allclose(fused, reference, rtol=2e-6, atol=0)
+    with pytest.raises(ValueError, match="outside"):
+        sg.smooth_and_zoom(spec, settings, 42 - zoom, 1)
+    with pytest.raises(ValueError, match="outside"):
+        sg.smooth_and_zoom(spec, settings, -1, 1)
+
+
+def test_gaussian_kernel_is_scipys():
+    for sigma in (0.5, 1.0, 2.0, 3.3):
+        settings = SpectrogramSettings(smoothing_sigma=sigma)
+        impulse = np.zeros(101)
+        impulse[50] = 1.0
+        radius = sg.smoothing_radius(settings)
+        scipy_weights = ndimage.gaussian_filter1d(impulse, sigma, mode="constant", truncate=4.0)
+        np.testing.assert_allclose(sg.gaussian_kernel(settings), scipy_weights[50 - radius : 51 + radius], rtol=1e-12)
+    assert sg.gaussian_kernel(SpectrogramSettings(smoothing_sigma=0.0)).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("rate", [192_000, 500_000])
+def test_frame_power_is_the_windowed_power_spectrum(rate):
+    x = noisy_recording(rate, 0.05)
+    nfft, hop = SETTINGS.nfft(rate), SETTINGS.hop(rate)
+    n_frames = SETTINGS.n_frames(len(x), rate)
+    frames = np.stack([x[i * hop : i * hop + nfft] for i in range(n_frames)]).astype(np.float64)
+    spectrum = np.fft.rfft(frames * np.hanning(nfft) * sg.INT16_SCALE, axis=1)[:, 11:271]
+    expected = np.zeros((n_frames, 260))
+    expected[:, : spectrum.shape[1]] = np.abs(spectrum) ** 2
+    power = sg.frame_power(x, rate, SETTINGS)
+    assert power.dtype == np.float32
+    np.testing.assert_allclose(power, expected, rtol=1e-3, atol=1e-4 * expected.max())
+    if rate < 2 * 270 / SETTINGS.window_s:
+        assert np.all(power[:, spectrum.shape[1] :] == 0)
+
+
+def test_denoising_kernels_equal_numpy():
+    rng = np.random.default_rng(2)
+    log_spec = rng.gamma(1.0, 0.5, (500, 260)).astype(np.float32)
+    active = sg.active_frames(log_spec, SETTINGS)
+    assert 0 < active.sum() < len(active)
+    stats = sg.denoise_statistics(log_spec, SETTINGS, active)
+    np.testing.assert_array_equal(stats.active_sum, log_spec[active].sum(axis=0, dtype=np.float64))
+    np.testing.assert_array_equal(stats.inactive_sum, log_spec[~active].sum(axis=0, dtype=np.float64))
+    assert (stats.active_count, stats.inactive_count) == (active.sum(), (~active).sum())
+
+    expected = np.where(active[:, None], log_spec - stats.active_mean, log_spec - stats.inactive_mean)
+    expected = np.maximum(expected, 0)
+    original = log_spec.copy()
+    np.testing.assert_array_equal(sg.denoise(log_spec, stats, SETTINGS), expected)
+    np.testing.assert_array_equal(log_spec, original)  # untouched without overwrite
+    np.testing.assert_array_equal(sg.denoise(log_spec[::2], stats, SETTINGS), expected[::2])  # any strides
+    out = sg.denoise(log_spec, stats, SETTINGS, overwrite=True)
+    assert out is log_spec
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_log_scale_overwrites_only_when_asked():
+    power = np.random.default_rng(3).random((10, 260), dtype=np.float32) * 1e6
+    original = power.copy()
+    expected = sg.log_scale(power, 384_000, SETTINGS)
+    np.testing.assert_array_equal(power, original)
+    out = sg.log_scale(power, 384_000, SETTINGS, overwrite=True)
+    assert out is power
+    np.testing.assert_array_equal(out, expected)
