@@ -24,6 +24,8 @@ _DEFAULTS = Path(__file__).with_name("distributed.yaml")
 
 
 def _load_defaults() -> None:
+    import distributed  # noqa: F401  (its own defaults first, so that ours can override them)
+
     with _DEFAULTS.open() as fh:
         defaults = yaml.safe_load(fh)
     dask.config.update_defaults(defaults)
