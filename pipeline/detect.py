@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from pipeline.evaluate import DEFAULT_THRESHOLD, probability_column
+from pipeline.evaluate import probability_column, threshold_values
 from pipeline.nms import peaks_1d
 
 #: Spectrogram columns in a model window (40 STFT frames, about 23 ms, zoomed by 2).
@@ -290,22 +290,6 @@ def smooth_probabilities(probs: np.ndarray, sigma_columns: float = SMOOTHING_SIG
 # --------------------------------------------------------------------------------------------
 
 
-def _threshold_values(thresholds: Mapping[str, float] | None, classes: Sequence[str]):
-    """The detection threshold and the class thresholds (float64 array), 0.5 when missing."""
-    thresholds = dict(thresholds or {})
-    unknown = set(thresholds) - {"detection", *classes}
-    if unknown:
-        raise ValueError(
-            f"thresholds name unknown class(es) {', '.join(sorted(map(str, unknown)))}; "
-            f"expected 'detection' and {', '.join(classes)}"
-        )
-    detection = float(thresholds.get("detection", DEFAULT_THRESHOLD))
-    per_class = np.array([float(thresholds.get(n, DEFAULT_THRESHOLD)) for n in classes])
-    if not (math.isfinite(detection) and np.all(np.isfinite(per_class))):
-        raise ValueError("thresholds must be finite numbers")
-    return detection, per_class
-
-
 def _checked_inputs(probs, times, classes, radius_columns):
     classes = [str(name) for name in classes]
     probs = np.asarray(probs, dtype=np.float32)
@@ -378,7 +362,7 @@ def find_detections(
     slightly different times for different classes.
     """
     probs, times, classes, radius_columns = _checked_inputs(probs, times, classes, radius_columns)
-    detection_threshold, _ = _threshold_values(thresholds, classes)
+    detection_threshold, _ = threshold_values(thresholds, classes)
     score = call_score(probs)
     peaks = peaks_1d(score, radius_columns, np.float32(detection_threshold))
     # peaks_1d compares in float32; recheck in float64 so that a threshold between two
@@ -429,7 +413,7 @@ def find_class_peaks(
     classes a few columns apart; :func:`find_detections` gives one event instead.
     """
     probs, times, classes, radius_columns = _checked_inputs(probs, times, classes, radius_columns)
-    _, class_thresholds = _threshold_values(thresholds, classes)
+    _, class_thresholds = threshold_values(thresholds, classes)
     peak_columns, peak_classes = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for k in range(1, len(classes) + 1):
         prob = np.ascontiguousarray(probs[:, k])
@@ -493,7 +477,7 @@ def species_rows(
     of :func:`find_detections` at the same threshold all reach it.
     """
     classes = [str(name) for name in classes]
-    detection_threshold, class_thresholds = _threshold_values(thresholds, classes)
+    detection_threshold, class_thresholds = threshold_values(thresholds, classes)
     missing = [c for c in ["time", *map(probability_column, classes)] if c not in events.columns]
     if missing:
         raise ValueError(f"events lack the column(s) {', '.join(missing)}")

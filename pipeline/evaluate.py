@@ -514,8 +514,12 @@ def _prepare(calls, detections, classes, tolerance, matches=None) -> _Scored:
     )
 
 
-def _thresholds(thresholds: Mapping[str, float] | None, classes: Sequence[str]):
-    """The detection threshold and the per-class thresholds, as ``(float, array)``."""
+def threshold_values(thresholds: Mapping[str, float] | None, classes: Sequence[str]):
+    """The detection threshold and the per-class thresholds, as ``(float, float64 array)``.
+
+    A missing key means :data:`DEFAULT_THRESHOLD`; an unknown key or a value that is not a
+    finite number raises ``ValueError``.
+    """
     thresholds = dict(thresholds or {})
     unknown = set(thresholds) - {"detection", *classes}
     if unknown:
@@ -527,6 +531,8 @@ def _thresholds(thresholds: Mapping[str, float] | None, classes: Sequence[str]):
     per_class = np.array(
         [float(thresholds.get(name, DEFAULT_THRESHOLD)) for name in classes], dtype=np.float64
     )
+    if not (math.isfinite(detection) and np.all(np.isfinite(per_class))):
+        raise ValueError("thresholds must be finite numbers")
     return detection, per_class
 
 
@@ -711,7 +717,7 @@ def seed_scores(
     """
     classes = list(classes)
     scored = _prepare(calls, detections, classes, tolerance, matches)
-    detection_threshold, class_thresholds = _thresholds(thresholds, classes)
+    detection_threshold, class_thresholds = threshold_values(thresholds, classes)
     kept = scored.score >= detection_threshold
     tp = int(np.sum(kept & scored.matched))
     fp = int(np.sum(kept)) - tp
@@ -792,7 +798,7 @@ def multilabel_scores(
     """
     classes = list(classes)
     scored = _prepare(calls, detections, classes, tolerance, matches)
-    detection_threshold, class_thresholds = _thresholds(thresholds, classes)
+    detection_threshold, class_thresholds = threshold_values(thresholds, classes)
     counted = (scored.score >= detection_threshold) & scored.matched
     truth = scored.detection_labels[counted]
     predicted = _predicted_sets(scored, class_thresholds)[counted]
@@ -847,7 +853,7 @@ def end_to_end_scores(
     """
     classes = list(classes)
     scored = _prepare(calls, detections, classes, tolerance, matches)
-    detection_threshold, class_thresholds = _thresholds(thresholds, classes)
+    detection_threshold, class_thresholds = threshold_values(thresholds, classes)
     tp, fp, fn = _end_to_end_counts(scored, detection_threshold, class_thresholds)
     per_class = {
         name: {
@@ -1040,7 +1046,7 @@ def evaluate(
     """
     classes = list(classes)
     tolerance = _check_tolerance(tolerance)
-    detection_threshold, class_thresholds = _thresholds(thresholds, classes)
+    detection_threshold, class_thresholds = threshold_values(thresholds, classes)
     used = {"detection": detection_threshold, **dict(zip(classes, class_thresholds.tolist()))}
     matches = match_detections(calls, detections, tolerance)
     arguments = (calls, detections, classes, used, tolerance, matches)
