@@ -108,6 +108,51 @@ def cmd_ingest(args) -> int:
     return EXIT_OK if report.ok else EXIT_SOME_FAILED
 
 
+def cmd_train(args) -> int:
+    from pipeline.train import TrainSettings, train
+
+    settings = TrainSettings(
+        model_type=args.model_type,
+        hnm_rounds=args.hnm,
+        seed=args.seed,
+        epochs=args.epochs,
+        networks_csv=args.params,
+        xgboost_csv=args.xgboost_params,
+    )
+    report = train(
+        args.dataset,
+        args.audio,
+        args.out,
+        settings=settings,
+        cube=args.cube,
+        run_settings=_settings(args),
+        trust_npz=args.trust_npz,
+        cluster=args.cluster,
+        n_workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from pipeline.train import evaluate_saved_model
+
+    result = evaluate_saved_model(
+        args.model, args.dataset, args.audio, cube=args.cube, trust_npz=args.trust_npz,
+        cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
+    if args.json:
+        import json
+
+        print(json.dumps(result, allow_nan=False))
+    else:
+        from pipeline.evaluate import format_report
+
+        print(format_report(result))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batml",
@@ -168,6 +213,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audio_options(p)
     _add_cluster_options(p)
     p.set_defaults(func=cmd_ingest)
+
+    from pipeline.model.registry import ARCHITECTURE_NAMES
+
+    p = sub.add_parser(
+        parents=[common],
+        name="train",
+        help="train one of the six models on annotated recordings",
+        description="Train a model on annotated recordings (the seed's .npz: train_/test_ files, "
+        "durations, positions, classes; or a CSV of calls with file, position, class, duration[, split]). "
+        "Builds or reuses the spectrogram cube, samples windows, trains the network(s) (and XGBoost on "
+        "the embedding for the hybrids), tunes thresholds on a validation split, runs hard negative "
+        "mining, evaluates on the test split and writes the model bundle.",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
+    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    p.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="the model bundle to write")
+    p.add_argument(
+        "--model-type", default="hybrid_cnn_xgboost", choices=ARCHITECTURE_NAMES,
+        help="which model (default: hybrid_cnn_xgboost, the proposed one)",
+    )  # fmt: skip
+    p.add_argument("--hnm", type=int, default=0, metavar="N", help="rounds of hard negative mining (default 0)")
+    p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: MODEL_DIR.cube.zarr)")
+    p.add_argument("--epochs", type=int, metavar="N", help="cap on training epochs (default: the CSV's, with early stopping)")
+    p.add_argument("--params", metavar="CSV", help="network hyperparameters (rows cnn_8, cnn_2, ...; default: packaged)")
+    p.add_argument("--xgboost-params", metavar="CSV", help="XGBoost hyperparameters (row xgboost_spectrogram)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+    _add_audio_options(p)
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="evaluate",
+        help="evaluate a model bundle on the test split of annotated recordings",
+        description="Detection AP (area under the precision-recall curve), per-class AP and mAP, the "
+        "seed's precision/recall/F1 at the tuned thresholds (calls matched within 10 ms), and "
+        "multi-label scores on overlapping calls. Also written next to the model.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL_DIR")
+    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
+    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -176,9 +268,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config import SettingsError
     from pipeline.distributed import ClusterError
     from pipeline.io.archive import ArchiveError
+    from pipeline.io.annotations import AnnotationError
     from pipeline.io.cube import CubeError
+    from pipeline.model.bundle import BundleError
+    from pipeline.model.params import ParamsError
+    from pipeline.train import TrainingError
 
-    return (SettingsError, ClusterError, ArchiveError, CubeError, FileNotFoundError, PermissionError)
+    return (
+        SettingsError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
+        TrainingError, FileNotFoundError, PermissionError,
+    )  # fmt: skip
 
 
 def _interrupt(signum, frame):

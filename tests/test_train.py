@@ -1,0 +1,86 @@
+"""End to end: every one of the six models trains on a tiny simulated archive, is saved as a
+bundle, loads back, and is evaluated; plus the CLI's train and evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.model.bundle import load_bundle
+from pipeline.simulate import simulate_archive
+from pipeline.train import Predictor, TrainSettings, read_annotations, train
+
+TINY_XGBOOST = "name,max_depth,eta,n_estimators,gamma,subsample,scale_pos_weight,min_child_weight\n" \
+    "xgboost_spectrogram,4,0.3,20,0.001,0.9,1.5,1\n"  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    archive = simulate_archive(root / "audio", minutes=0.5, seed=12, empty_fraction=0.2, test_fraction=0.4)
+    assert sum(len(r.positions) for r in read_annotations(archive.annotations_npz).test) > 0
+    xgb = root / "xgboost.csv"
+    xgb.write_text(TINY_XGBOOST)
+    return root, archive, xgb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model_type", ["cnn8", "hybrid_cnn_xgboost", "cnn2", "resnet8", "resnet2", "hybrid_resnet_xgboost"]
+)
+def test_every_model_trains_saves_loads_and_evaluates(tiny, client, model_type):
+    root, archive, xgb = tiny
+    out = root / f"model-{model_type}"
+    report = train(
+        archive.annotations_npz,
+        archive.root,
+        out,
+        settings=TrainSettings(model_type=model_type, epochs=1, xgboost_csv=str(xgb), seed=1),
+        cube=root / "cube.zarr",
+        client=client,
+        progress=False,
+    )
+    assert report.n_windows > 100
+    bundle = load_bundle(out)
+    assert bundle.architecture == model_type
+    assert bundle.classes == read_annotations(archive.annotations_npz).classes
+    assert set(bundle.thresholds) == {"detection", *bundle.classes}
+    networks = {row: bundle.network(row) for row in bundle.spec.network_rows}
+    predictor = Predictor(model_type, networks, bundle.boosters() or None)
+    probs = predictor(np.random.default_rng(0).random((3, 130, 20, 1), dtype=np.float32))
+    assert probs.shape == (3, 8) and np.all((probs >= 0) & (probs <= 1))
+    metrics = json.loads((out / "evaluation.json").read_text())
+    assert 0 <= metrics["detection"]["ap"] <= 1
+    assert set(metrics["classification"]["per_class"]) == set(bundle.classes)
+
+
+@pytest.mark.slow
+def test_cli_train_then_evaluate_json(tiny, tmp_path, capsys):
+    root, archive, xgb = tiny
+    model = tmp_path / "cnn8"
+    code = main([
+        "train", str(archive.annotations_npz), "--audio", str(archive.root), "--out", str(model),
+        "--model-type", "cnn8", "--epochs", "1", "--cube", str(root / "cube.zarr"), "--workers", "1", "-q",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    capsys.readouterr()
+    code = main([
+        "evaluate", str(model), str(archive.annotations_npz), "--audio", str(archive.root),
+        "--cube", str(root / "cube.zarr"), "--json", "--workers", "1", "-q",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out)
+    assert {"ap", "precision", "recall", "f1"} <= set(result["detection"])
+    assert {"map", "per_class"} <= set(result["classification"])
+
+
+def test_unknown_model_type_is_refused_by_the_cli(tiny, capsys):
+    root, archive, _ = tiny
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(archive.annotations_npz), "--audio", str(archive.root), "--out", str(root / "x"),
+              "--model-type", "cnn9"])  # fmt: skip
+    assert exit_.value.code == 2 and "invalid choice: 'cnn9'" in capsys.readouterr().err
