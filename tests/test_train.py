@@ -84,3 +84,19 @@ def test_unknown_model_type_is_refused_by_the_cli(tiny, capsys):
         main(["train", str(archive.annotations_npz), "--audio", str(archive.root), "--out", str(root / "x"),
               "--model-type", "cnn9"])  # fmt: skip
     assert exit_.value.code == 2 and "invalid choice: 'cnn9'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_hard_negative_mining_adds_the_model_s_mistakes(tiny, client):
+    """One HNM round: false detections become negatives, missed calls extra positives, and the
+    network is retrained from scratch on the larger set."""
+    root, archive, _ = tiny
+    common = dict(cube=root / "cube.zarr", client=client, progress=False)
+    plain = train(archive.annotations_npz, archive.root, root / "plain",
+                  settings=TrainSettings(model_type="cnn8", epochs=1, seed=3), **common)  # fmt: skip
+    mined = train(archive.annotations_npz, archive.root, root / "mined",
+                  settings=TrainSettings(model_type="cnn8", epochs=1, seed=3, hnm_rounds=1), **common)  # fmt: skip
+    assert mined.n_windows > plain.n_windows
+    manifest = load_bundle(root / "mined").manifest
+    assert manifest["training"]["hnm_rounds"] == 1
+    assert manifest["training"]["windows"] == mined.n_windows
