@@ -175,9 +175,11 @@ def _check_resumable(path: Path, paths: list[str], spectrogram: SpectrogramSetti
     if manifest_changed(manifest, now):
         added = len(set(now["path"]) - set(manifest["path"]))
         gone = len(set(manifest["path"]) - set(now["path"]))
+        both = manifest.merge(now, on="path", suffixes=("", "_now"))
+        changed = int(((both["size"] != both["size_now"]) | ((both["mtime"] - both["mtime_now"]).abs() > 1e-3)).sum())
         raise cube_io.CubeError(
-            f"{path}: the archive changed since this cube was started ({added} new, {gone} missing "
-            "or changed files); use another --cube for the new recordings or delete it"
+            f"{path}: the archive changed since this cube was started ({added} new, {gone} missing, "
+            f"{changed} changed files); use another --cube for the new recordings or delete it"
         )
     recordings = existing.batml.recordings
     recordings["n_samples"] = manifest["frames"].to_numpy()[recordings["file_index"].to_numpy()]

@@ -159,11 +159,19 @@ def test_other_settings_or_files_are_refused(built, client, tmp_path):
     other = Settings(spectrogram=SpectrogramSettings(smoothing_sigma=2.0), ingest=SMALL_CHUNKS.ingest)
     with pytest.raises(CubeError, match="other spectrogram settings"):
         ingest(root, path, settings=other, client=client, progress=False)
-    grown = tmp_path / "grown"
-    shutil.copytree(root, grown)
-    shutil.copy(next(grown.rglob("*.wav")), grown / "new.wav")
-    with pytest.raises(CubeError, match="archive changed"):
-        ingest(grown, path, settings=SMALL_CHUNKS, client=client, progress=False)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for wav in sorted(root.rglob("*.wav"))[:3]:
+        shutil.copy(wav, archive / wav.name)
+    cube = tmp_path / "small.zarr"
+    ingest(archive, cube, settings=SMALL_CHUNKS, client=client, progress=False)
+    shutil.copy(archive / sorted(os.listdir(archive))[0], archive / "new.wav")
+    with pytest.raises(CubeError, match=r"archive changed .*\(1 new, 0 missing, 0 changed files\)"):
+        ingest(archive, cube, settings=SMALL_CHUNKS, client=client, progress=False)
+    (archive / "new.wav").unlink()
+    os.utime(next(archive.iterdir()), (0, 0))
+    with pytest.raises(CubeError, match=r"\(0 new, 0 missing, 1 changed files\)"):
+        ingest(archive, cube, settings=SMALL_CHUNKS, client=client, progress=False)
 
 
 def test_select_by_path_and_time_range(built):
