@@ -135,6 +135,37 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def cmd_tune(args) -> int:
+    from pipeline.tune import TuneSettings, TuningError, parse_budget, tune_model
+
+    try:
+        budget = parse_budget(args.budget)
+    except ValueError as exc:
+        raise TuningError(str(exc)) from None
+    settings = TuneSettings(
+        model_type=args.model_type,
+        budget_s=budget,
+        max_trials=args.max_trials,
+        seed=args.seed,
+        stage=args.stage,
+        epochs=args.epochs,
+        networks_csv=args.params,
+        xgboost_csv=args.xgboost_params,
+    )
+    result = tune_model(
+        args.dataset, args.audio, args.out, settings, cube=args.cube, run_settings=_settings(args),
+        trust_npz=args.trust_npz, cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
+    print(
+        f"{result.n_trials} trials ({result.n_failed} failed) in {result.elapsed_s / 60:.1f} min; "
+        f"best loss {result.best_loss:.4f} (1 - held-out detection AP) at trial {result.best_tid}\n"
+        f"best parameters: {args.out}/best_networks.csv"
+        + (f", {args.out}/best_xgboost.csv" if settings.stage != "network" else "")
+        + f"\ntrials: {args.out}/trials.json (run the same command again to continue)"
+    )
+    return EXIT_OK
+
+
 def cmd_evaluate(args) -> int:
     from pipeline.train import evaluate_saved_model
 
@@ -175,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(Barbarg, Envsp, Myosp, Pip35, Pip50, Plesp, Rhisp), noise, empty files and overlapping "
         "species, plus annotations.npz (the seed's format) and annotations.csv. Same seed, same bytes.",
     )
-    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write the archive into")
     p.add_argument("--minutes", type=float, default=10.0, help="total audio duration (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--empty-fraction", type=float, default=0.25, help="fraction of files without bats (0.25)")
@@ -196,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "timestamp, recorder, status and the reason a file cannot be used.",
     )
     p.add_argument("audio", metavar="AUDIO_DIR", help="folder (recursive), fsspec URL or WAV file")
-    p.add_argument("--out", "-o", type=Path, required=True, metavar="MANIFEST.parquet")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="MANIFEST.parquet", help="the Parquet table to write")
     _add_audio_options(p)
     p.set_defaults(func=cmd_manifest)
 
@@ -246,13 +277,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         parents=[common],
+        name="tune",
+        help="search a model's hyperparameters with hyperopt (TPE); resumable",
+        description="Search the hyperparameters of a model (the seed's search spaces for the CNN, "
+        "ResNet and XGBoost stages) with hyperopt's TPE, training on part of the train split and "
+        "scoring detection AP on held-out recordings. Every trial is saved to OUT_DIR/trials.json "
+        "(JSON) as soon as it ends: running the same command again continues the search. The best "
+        "parameters are written as CSVs to pass to 'batml train --params / --xgboost-params'.",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
+    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR", help="trials and best parameters")
+    p.add_argument(
+        "--model-type", default="hybrid_cnn_xgboost", choices=ARCHITECTURE_NAMES,
+        help="which model (default: hybrid_cnn_xgboost)",
+    )  # fmt: skip
+    p.add_argument("--budget", required=True, metavar="TIME", help="time budget over all runs: 2h, 30m, 1h30m, 900s")
+    p.add_argument("--max-trials", type=int, metavar="N", help="stop after N trials in all")
+    p.add_argument(
+        "--stage", choices=("network", "xgboost", "both"),
+        help="what to tune (default: both for hybrids, the network(s) otherwise)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=int, metavar="N", help="cap on training epochs per trial")
+    p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: OUT_DIR/cube.zarr)")
+    p.add_argument("--params", metavar="CSV", help="network hyperparameters for what is not tuned")
+    p.add_argument("--xgboost-params", metavar="CSV", help="XGBoost hyperparameters for what is not tuned")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+    _add_audio_options(p)
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        parents=[common],
         name="evaluate",
         help="evaluate a model bundle on the test split of annotated recordings",
         description="Detection AP (area under the precision-recall curve), per-class AP and mAP, the "
         "seed's precision/recall/F1 at the tuned thresholds (calls matched within 10 ms), and "
         "multi-label scores on overlapping calls. Also written next to the model.",
     )
-    p.add_argument("model", type=Path, metavar="MODEL_DIR")
+    p.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model bundle written by 'batml train'")
     p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
     p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse")

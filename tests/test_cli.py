@@ -11,7 +11,7 @@ import pytest
 from pipeline.cli import build_parser, main
 from pipeline.testing import write_bad_corpus
 
-COMMANDS = ["simulate", "manifest", "ingest"]
+COMMANDS = ["simulate", "manifest", "ingest", "train", "tune", "evaluate"]
 
 
 def test_every_command_has_complete_help(capsys):
@@ -25,9 +25,10 @@ def test_every_command_has_complete_help(capsys):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert f"usage: batml {command}" in text and "--config" in text
-    # every option documents itself
-    for action in build_parser()._subparsers._group_actions[0].choices["ingest"]._actions:
-        assert action.help, action.dest
+    # every option of every command documents itself
+    for command, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            assert action.help, (command, action.dest)
 
 
 def test_console_script_runs():
