@@ -56,6 +56,25 @@ def _add_audio_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
+    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from pipeline.model.registry import ARCHITECTURE_NAMES
+
+    p.add_argument(
+        "--model-type", default="hybrid_cnn_xgboost", choices=ARCHITECTURE_NAMES,
+        help="which model (default: hybrid_cnn_xgboost, the proposed one)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=int, metavar="N", help="cap on training epochs (default: the CSV's, with early stopping)")
+    p.add_argument("--params", metavar="CSV", help="network hyperparameters (rows cnn_8, cnn_2, ...; default: packaged)")
+    p.add_argument("--xgboost-params", metavar="CSV", help="XGBoost hyperparameters (row xgboost_spectrogram)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
 def cmd_simulate(args) -> int:
     from pipeline.simulate import simulate_archive
 
@@ -245,8 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=cmd_ingest)
 
-    from pipeline.model.registry import ARCHITECTURE_NAMES
-
     p = sub.add_parser(
         parents=[common],
         name="train",
@@ -257,20 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the embedding for the hybrids), tunes thresholds on a validation split, runs hard negative "
         "mining, evaluates on the test split and writes the model bundle.",
     )
-    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
-    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    _add_dataset_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="the model bundle to write")
-    p.add_argument(
-        "--model-type", default="hybrid_cnn_xgboost", choices=ARCHITECTURE_NAMES,
-        help="which model (default: hybrid_cnn_xgboost, the proposed one)",
-    )  # fmt: skip
+    _add_model_options(p)
     p.add_argument("--hnm", type=int, default=0, metavar="N", help="rounds of hard negative mining (default 0)")
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: MODEL_DIR.cube.zarr)")
-    p.add_argument("--epochs", type=int, metavar="N", help="cap on training epochs (default: the CSV's, with early stopping)")
-    p.add_argument("--params", metavar="CSV", help="network hyperparameters (rows cnn_8, cnn_2, ...; default: packaged)")
-    p.add_argument("--xgboost-params", metavar="CSV", help="XGBoost hyperparameters (row xgboost_spectrogram)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
     _add_audio_options(p)
     _add_cluster_options(p)
     p.set_defaults(func=cmd_train)
@@ -285,25 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(JSON) as soon as it ends: running the same command again continues the search. The best "
         "parameters are written as CSVs to pass to 'batml train --params / --xgboost-params'.",
     )
-    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
-    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    _add_dataset_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="OUT_DIR", help="trials and best parameters")
-    p.add_argument(
-        "--model-type", default="hybrid_cnn_xgboost", choices=ARCHITECTURE_NAMES,
-        help="which model (default: hybrid_cnn_xgboost)",
-    )  # fmt: skip
+    _add_model_options(p)
     p.add_argument("--budget", required=True, metavar="TIME", help="time budget over all runs: 2h, 30m, 1h30m, 900s")
     p.add_argument("--max-trials", type=int, metavar="N", help="stop after N trials in all")
     p.add_argument(
         "--stage", choices=("network", "xgboost", "both"),
         help="what to tune (default: both for hybrids, the network(s) otherwise)",
     )  # fmt: skip
-    p.add_argument("--epochs", type=int, metavar="N", help="cap on training epochs per trial")
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: OUT_DIR/cube.zarr)")
-    p.add_argument("--params", metavar="CSV", help="network hyperparameters for what is not tuned")
-    p.add_argument("--xgboost-params", metavar="CSV", help="XGBoost hyperparameters for what is not tuned")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
     _add_audio_options(p)
     _add_cluster_options(p)
     p.set_defaults(func=cmd_tune)
@@ -317,11 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-label scores on overlapping calls. Also written next to the model.",
     )
     p.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model bundle written by 'batml train'")
-    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
-    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    _add_dataset_options(p)
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
     _add_cluster_options(p)
     p.set_defaults(func=cmd_evaluate)
     return parser
