@@ -175,7 +175,7 @@ def embedding_model(network):
     """The network cut at its layer ``"embedding"`` (its last hidden layer)."""
     import keras
 
-    return keras.Model(network.inputs, network.get_layer("embedding").output, name=f"{network.name}_embedding")
+    return keras.Model(network.input, network.get_layer("embedding").output, name=f"{network.name}_embedding")
 
 
 def booster_names(n_outputs: int) -> list[str]:
