@@ -178,6 +178,15 @@ def embedding_model(network):
     return keras.Model(network.input, network.get_layer("embedding").output, name=f"{network.name}_embedding")
 
 
+def inference_network(network):
+    """A copy of a trained network without its optimizer state (a third of the file size)."""
+    import keras
+
+    copy = keras.Model.from_config(network.get_config())
+    copy.set_weights(network.get_weights())
+    return copy
+
+
 def booster_names(n_outputs: int) -> list[str]:
     return [f"output_{j}" for j in range(n_outputs)]
 
@@ -466,7 +475,7 @@ def train_model(
         out,
         architecture=arch.name,
         classes=classes,
-        networks=networks,
+        networks={row: inference_network(network) for row, network in networks.items()},
         boosters=boosters,
         thresholds=thresholds,
         spectrogram=spectrogram_settings,
