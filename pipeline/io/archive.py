@@ -184,7 +184,7 @@ def build_manifest(
     paths = list(paths)
     options = {"time_expansion": time_expansion, "settings": settings, "filesystem": filesystem}
     if client is None:
-        rows = [manifest_row(path, **options) for path in tqdm(paths, unit="file", disable=not progress)]
+        rows = [manifest_row(path, **options) for path in tqdm(paths, desc="manifest", unit="file", disable=not progress)]
     else:
         rows = _distributed_rows(client, paths, batch_size, progress, options)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype(_MANIFEST_DTYPES)
@@ -341,6 +341,8 @@ def _distributed_rows(
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     futures = client.map(_manifest_rows, batches, pure=False, **options)
     if progress:
-        for _ in tqdm(as_completed(futures), total=len(futures), unit="batch"):
-            pass
+        sizes = {future.key: len(batch) for future, batch in zip(futures, batches)}
+        with tqdm(total=len(paths), desc="manifest", unit="file") as bar:
+            for future in as_completed(futures):
+                bar.update(sizes[future.key])
     return [row for batch in client.gather(futures) for row in batch]
