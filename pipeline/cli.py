@@ -110,6 +110,23 @@ def cmd_manifest(args) -> int:
     return EXIT_SOME_FAILED if len(bad) else EXIT_OK
 
 
+def cmd_convert(args) -> int:
+    from pipeline.io import annotations
+
+    source = Path(args.source)
+    if source.is_dir():
+        calls, problems = annotations.read_batdetect2(source)
+    elif source.suffix.lower() == ".npz":
+        calls, problems = annotations.seed_npz_to_calls(annotations.read_seed_npz(source, trust=args.trust_npz)), []
+    else:
+        raise annotations.AnnotationError(f"{source}: expected a folder of batdetect2 .json files or a seed .npz")
+    annotations.write_calls_csv(args.out, calls)
+    print(f"{len(calls)} calls in {calls['file'].nunique()} recordings -> {args.out}")
+    for line in problems:
+        print(f"skipped: {line}")
+    return EXIT_SOME_FAILED if problems else EXIT_OK
+
+
 def cmd_ingest(args) -> int:
     from pipeline.ingest import ingest
 
@@ -249,6 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, metavar="MANIFEST.parquet", help="the Parquet table to write")
     _add_audio_options(p)
     p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="convert",
+        help="convert annotations to a CSV of calls (from the seed's .npz or batdetect2 .json files)",
+        description="Write a CSV of calls (file, position, class, duration, ...) that 'batml train' reads: "
+        "from the seed's .npz (a safe format: no pickle needed to read it again) or from a folder of "
+        "batdetect2 annotation files (<recording>.wav.json; Latin species names are mapped to the seed's "
+        "groups, other events are listed as skipped).",
+    )
+    p.add_argument("source", metavar="SOURCE", help="a seed .npz or a folder of batdetect2 .json files")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="CALLS.csv", help="the CSV to write")
+    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
         parents=[common],

@@ -216,3 +216,42 @@ def test_bad_calls_csv(tmp_path, text, reason):
 def test_write_calls_csv_requires_columns(tmp_path):
     with pytest.raises(ValueError, match="class"):
         write_calls_csv(tmp_path / "x.csv", pd.DataFrame({"file": ["a"], "position": [0.1]}))
+
+
+def test_batdetect2_annotations_of_the_real_recordings(real_data, tmp_path):
+    """The three annotated real recordings: species mapped to the seed's groups, the rest counted."""
+    import json as json_
+
+    from pipeline.cli import main
+    from pipeline.io.annotations import read_batdetect2, read_calls_csv
+
+    calls, problems = read_batdetect2(real_data / "annotated" / "anns")
+    by_file = calls.groupby("file")["species_group"].agg(set).to_dict()
+    assert by_file["20170701_213954-MYOMYS-LR_0_0.5"] == {"Myosp"}
+    assert by_file["20180627_215323-RHIFER-LR_0_0.5"] == {"Rhisp"}
+    assert by_file["20180530_213516-EPTSER-LR_0_0.5"] == {"Envsp"}
+    # every echolocation event of a known species is a call; "Bat"/"Unknown" ones are reported
+    expected = 0
+    for path in (real_data / "annotated" / "anns").glob("*.json"):
+        events = json_.loads(path.read_text())["annotation"]
+        expected += sum(e["event"] == "Echolocation" and e["class"] not in ("Bat", "Unknown") for e in events)
+    assert len(calls) == expected == 11 + 4 + 5  # MYOMYS, EPTSER (7 "Bat" + 1 "Unknown" left), RHIFER
+    assert any("left out" in p and "EPTSER" in p for p in problems)
+    assert calls["position"].between(0, 0.5).all() and (calls["duration"] == 0.5).all()
+    out = tmp_path / "calls.csv"
+    assert main(["convert", str(real_data / "annotated" / "anns"), "-o", str(out), "-q"]) == 3
+    assert len(read_calls_csv(out)) == len(calls)
+
+
+def test_seed_npz_converts_to_a_csv_that_reads_back(tmp_path):
+    from pipeline.cli import main
+    from pipeline.io.annotations import RecordingCalls, read_calls_csv, write_seed_npz
+
+    train = [RecordingCalls("a/x", 2.0, np.array([0.1, 0.1, 0.5]), np.array([1, 3, 5]))]
+    test = [RecordingCalls("b/y", 1.0, np.array([0.2]), np.array([7]))]
+    write_seed_npz(tmp_path / "d.npz", train, test)
+    assert main(["convert", str(tmp_path / "d.npz"), "-o", str(tmp_path / "d.csv"), "-q"]) == 0
+    table = read_calls_csv(tmp_path / "d.csv")
+    assert table[["file", "split", "position", "class"]].values.tolist() == [
+        ["a/x", "train", 0.1, 1], ["a/x", "train", 0.1, 3], ["a/x", "train", 0.5, 5], ["b/y", "test", 0.2, 7]
+    ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import secrets
@@ -423,3 +424,81 @@ def read_calls_csv(path: str | os.PathLike, *, species: Sequence[str] = SEED_SPE
     except ValueError as exc:
         raise AnnotationError(f"{path}: {exc}") from None
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Converting other annotation formats to the CSV of calls
+
+
+def species_groups() -> dict[str, str]:
+    """Latin species name -> the seed's group (``species_groups.csv``, shipped as data)."""
+    table = pd.read_csv(Path(__file__).with_name("species_groups.csv"))
+    return dict(zip(table["species"], table["group"]))
+
+
+def read_batdetect2(folder: str | os.PathLike, *, groups: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Calls from annotation files in the batdetect2 format (one ``<recording>.wav.json`` each).
+
+    Each file holds ``id`` (the recording's file name), ``duration`` (s), ``time_exp`` and
+    ``annotation``: a list of events with ``start_time``, ``end_time`` (s), ``class`` (a Latin
+    species name, or "Bat"/"Unknown") and ``event``. Echolocation events of a species whose
+    group is known become calls; the others are left out and counted.
+
+    Returns
+    -------
+    calls : DataFrame
+        ``file`` (recording name without extension), ``position`` (call start, real s),
+        ``class`` (group number 1..7), ``species_group``, ``species``, ``duration`` (of the
+        recording, real s).
+    problems : list of str
+        One line per file or group of events left out, naming the file and the reason.
+    """
+    groups = dict(groups or species_groups())
+    rows, problems = [], []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            name = Path(str(doc["id"])).stem
+            expansion = float(doc.get("time_exp", 1) or 1)
+            duration = float(doc["duration"]) / expansion
+            events = list(doc.get("annotation", []))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{path}: not a batdetect2 annotation file ({type(exc).__name__}: {exc})")
+            continue
+        skipped: dict[str, int] = {}
+        for event in events:
+            species = str(event.get("class", ""))
+            if event.get("event") != "Echolocation" or species not in groups:
+                label = f"{event.get('event')}/{species}"
+                skipped[label] = skipped.get(label, 0) + 1
+                continue
+            group = groups[species]
+            rows.append(
+                {
+                    "file": name,
+                    "position": float(event["start_time"]) / expansion,
+                    "class": SEED_SPECIES.index(group) + 1,
+                    "species_group": group,
+                    "species": species,
+                    "duration": duration,
+                }
+            )
+        problems += [f"{path}: {n} event(s) {label} left out (no known species group)" for label, n in skipped.items()]
+    columns = ["file", "position", "class", "species_group", "species", "duration"]
+    return pd.DataFrame(rows, columns=columns), problems
+
+
+def seed_npz_to_calls(dataset: SeedDataset) -> pd.DataFrame:
+    """The calls of a seed dataset as a CSV-of-calls table (with ``split`` and ``duration``).
+
+    Recordings without calls cannot be listed in a CSV of calls; train on the ``.npz`` to keep them.
+    """
+    rows = []
+    for split, recordings in (("train", dataset.train), ("test", dataset.test)):
+        for rec in recordings:
+            classes = rec.classes if rec.classes is not None else np.ones(len(rec.positions), np.int64)
+            rows += [
+                {"file": rec.file, "split": split, "position": float(p), "class": int(c), "duration": rec.duration}
+                for p, c in zip(rec.positions, classes)
+            ]
+    return pd.DataFrame(rows, columns=["file", "split", "position", "class", "duration"])
