@@ -1,6 +1,5 @@
 """Reading one recording: header, GUANO, usability and decoding (pipeline.io.audio)."""
 
-import dataclasses
 import os
 import pickle
 
@@ -149,8 +148,7 @@ def test_channels_are_selected_or_mixed(tmp_path):
         (3, "mix", ["mix"]),
     ],
 )
-def test_channel_units_follow_the_policy(tmp_path, channels, policy, units):
-    info = read_info(write_tone(tmp_path / "tone.wav", RATE, 0.01, 40_000.0))
+def test_channel_units_follow_the_policy(channels, policy, units):
     assert channel_units(channels, policy) == units
 
 

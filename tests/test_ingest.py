@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 
 from pipeline import spectrogram as sg
 from pipeline.cli import main
