@@ -239,3 +239,16 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("batml: error:") and err.count("\n") == 1
+
+
+def test_an_fsspec_url_gives_the_same_cube_as_the_local_path(small_archive, client, tmp_path):
+    archive = tmp_path / "few"
+    archive.mkdir()
+    for wav in sorted(small_archive.root.rglob("*.wav"))[:3]:
+        shutil.copy(wav, archive / wav.name)
+    local = ingest(archive, tmp_path / "local.zarr", client=client, progress=False)
+    remote = ingest(f"file://{archive}", tmp_path / "url.zarr", client=client, progress=False)
+    assert local.ok and remote.ok and remote.n_recordings == local.n_recordings == 3
+    a, b = open_cube(tmp_path / "local.zarr"), open_cube(tmp_path / "url.zarr")
+    np.testing.assert_array_equal(a["spectrogram"].values, b["spectrogram"].values)
+    assert all(p.startswith("file://") for p in b["path"].values)
