@@ -50,10 +50,11 @@ from tqdm.auto import tqdm
 from pipeline.config import SEED_SPECIES
 from pipeline.io.annotations import RecordingCalls, write_calls_csv, write_seed_npz
 
-#: Columns of ``annotations.csv``; frequencies in Hz, times in real seconds.
+#: Columns of ``annotations.csv``; frequencies in Hz, times in real seconds. ``duration`` is the
+#: recording's (as a CSV of calls for ``batml train`` has it), ``call_duration`` the call's.
 CSV_COLUMNS = (
     "file", "split", "position", "end", "class", "species_group", "species",
-    "low_freq", "high_freq", "duration",
+    "low_freq", "high_freq", "call_duration", "duration",
 )
 
 #: Fraction of the Nyquist frequency above which a recorder's anti-aliasing filter fades
@@ -759,7 +760,8 @@ def _annotation_rows(plan: _RecordingPlan, calls: tuple[Call, ...]) -> list[dict
         {
             "file": plan.name, "split": plan.split, "position": call.position, "end": call.end,
             "class": call.species.label, "species_group": call.species.group, "species": call.species.species,
-            "low_freq": call.low_hz, "high_freq": call.high_hz, "duration": call.length / call.rate,
+            "low_freq": call.low_hz, "high_freq": call.high_hz, "call_duration": call.length / call.rate,
+            "duration": plan.n_samples / plan.rate,
         }
         for call in calls
     ]

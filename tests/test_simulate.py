@@ -132,7 +132,9 @@ def test_positions_lie_within_recordings_and_classes_match_groups(archive, calls
     assert (calls_table["position"] >= 0).all()
     assert (calls_table["end"] <= calls_table["file"].map(durations) + 1e-12).all()
     assert (calls_table["end"] > calls_table["position"]).all()
-    np.testing.assert_allclose(calls_table["duration"], calls_table["end"] - calls_table["position"], atol=1e-12)
+    np.testing.assert_allclose(calls_table["call_duration"], calls_table["end"] - calls_table["position"], atol=1e-12)
+    # ``duration`` is the recording's, as `batml train` reads a CSV of calls
+    np.testing.assert_allclose(calls_table["duration"], calls_table["file"].map(durations), rtol=1e-12)
     assert (calls_table["species_group"] == [SEED_SPECIES[c - 1] for c in calls_table["class"]]).all()
     assert (calls_table["low_freq"] < calls_table["high_freq"]).all()
 

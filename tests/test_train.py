@@ -100,3 +100,18 @@ def test_hard_negative_mining_adds_the_model_s_mistakes(tiny, client):
     manifest = load_bundle(root / "mined").manifest
     assert manifest["training"]["hnm_rounds"] == 1
     assert manifest["training"]["windows"] == mined.n_windows
+
+
+def test_the_simulator_csv_reads_as_the_same_annotations_as_its_npz(tiny):
+    _, archive, _ = tiny
+    from_npz = read_annotations(archive.annotations_npz)
+    from_csv = read_annotations(archive.annotations_csv)
+    for split in ("train", "test"):
+        with_calls = {r.file: r for r in getattr(from_npz, split) if len(r.positions)}
+        csv = {r.file: r for r in getattr(from_csv, split)}
+        assert set(csv) == set(with_calls)
+        for name, rec in csv.items():
+            assert rec.duration == pytest.approx(with_calls[name].duration)
+            order = np.lexsort((with_calls[name].classes, with_calls[name].positions))
+            np.testing.assert_allclose(rec.positions, with_calls[name].positions[order])
+            np.testing.assert_array_equal(rec.classes, with_calls[name].classes[order])
