@@ -315,7 +315,7 @@ def test_positive_windows_hold_the_call_and_negatives_do_not(annotated_cube):
         negatives = read_windows(array, samples.columns[samples.is_negative & (samples.recording == r)])
         for call in its_calls.itertuples():
             band = (frequency >= call.low_freq) & (frequency <= call.high_freq)
-            length = min(SETTINGS.window_columns, int(np.ceil(call.duration / steps[r])) + 2)
+            length = min(SETTINGS.window_columns, int(np.ceil(call.call_duration / steps[r])) + 2)
             background = np.median(negatives[:, band, :length].mean(axis=(1, 2, 3)))
             for shift in SETTINGS.shifts_s:
                 column = start[r] + int(column_of(call.position + shift, steps[r]))
