@@ -33,9 +33,7 @@ def inference_cost(model: Path, annotations, cube_path: Path) -> float:
     from pipeline.train import Predictor, detect_recordings
 
     bundle = load_bundle(model)
-    predictor = Predictor(
-        bundle.architecture, {row: bundle.network(row) for row in bundle.spec.network_rows}, bundle.boosters() or None
-    )
+    predictor = Predictor.from_bundle(bundle)
     cube = open_cube(cube_path)
     seconds = sum(r.duration for r in annotations.test)
     t0 = time.process_time()

@@ -164,6 +164,12 @@ class Predictor:
             return np.column_stack([detector[:, 0], classes]).astype(np.float32)
         return self.networks[self.arch.network_rows[0]](windows, training=False).numpy().astype(np.float32)
 
+    @classmethod
+    def from_bundle(cls, bundle) -> "Predictor":
+        """The predictor of a loaded :class:`~pipeline.model.bundle.ModelBundle`."""
+        networks = {row: bundle.network(row) for row in bundle.spec.network_rows}
+        return cls(bundle.architecture, networks, bundle.boosters() or None)
+
     @property
     def n_outputs(self) -> int:
         if self.arch.hybrid:
@@ -592,8 +598,7 @@ def evaluate_saved_model(
         raise TrainingError(
             f"{cube}: spectrogram fingerprint {cube_ds.attrs['fingerprint']} differs from the model's {bundle.fingerprint}"
         )
-    networks = {row: bundle.network(row) for row in bundle.spec.network_rows}
-    predictor = Predictor(bundle.architecture, networks, bundle.boosters() or None)
+    predictor = Predictor.from_bundle(bundle)
     metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)
     _write_report(Path(model), metrics)
     return metrics

@@ -48,8 +48,7 @@ def test_every_model_trains_saves_loads_and_evaluates(tiny, client, model_type):
     assert bundle.architecture == model_type
     assert bundle.classes == read_annotations(archive.annotations_npz).classes
     assert set(bundle.thresholds) == {"detection", *bundle.classes}
-    networks = {row: bundle.network(row) for row in bundle.spec.network_rows}
-    predictor = Predictor(model_type, networks, bundle.boosters() or None)
+    predictor = Predictor.from_bundle(bundle)
     probs = predictor(np.random.default_rng(0).random((3, 130, 20, 1), dtype=np.float32))
     assert probs.shape == (3, 8) and np.all((probs >= 0) & (probs <= 1))
     metrics = json.loads((out / "evaluation.json").read_text())
