@@ -40,6 +40,27 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--workers", type=int, metavar="N", help="workers to start (default: one per CPU core)")
 
+    class LoadClusterConfig(argparse.Action):
+        """Merge the YAML into dask.config while parsing: a bad file is a bad command line."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            from pipeline.distributed import ClusterError, load_cluster_config
+
+            try:
+                load_cluster_config(values)
+            except ClusterError as exc:
+                parser.exit(EXIT_USAGE, f"batml: error: {exc}\n")
+            setattr(namespace, self.dest, values)
+
+    g.add_argument(
+        "--cluster-config",
+        type=Path,
+        action=LoadClusterConfig,
+        metavar="FILE.yaml",
+        help="cluster profile merged over batml's defaults (e.g. batml: slurm: cluster: queue: ...; "
+        "see cluster/slurm.yaml)",
+    )
+
 
 def _add_audio_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recordings")
@@ -220,6 +241,47 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _threshold(text: str) -> tuple[str, float]:
+    """``0.7`` (the detection threshold) or ``CLASS=0.7``."""
+    key, sep, value = text.rpartition("=")
+    key = key if sep else "detection"
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a threshold (0.7, or CLASS=0.7)") from None
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from pipeline.detect_archive import FORMATS
+
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: formats are a comma-separated list of {', '.join(FORMATS)}")
+    return names
+
+
+def cmd_detect(args) -> int:
+    from pipeline.detect_archive import DetectSettings, detect_archive
+
+    fast = dict(scan_stride=1, scan_gamma=0.0, booster_gate=0.0) if args.dense else {}
+    settings = DetectSettings(
+        thresholds=dict(args.threshold or []) or None,
+        formats=args.format,
+        raven_per_recording=args.raven == "per-recording",
+        **fast,
+    )
+    report = detect_archive(
+        args.source, args.out, model=args.model, cube=args.cube, settings=settings,
+        ingest_settings=_settings(args), cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
+    print(report.summary())
+    if not report.complete:
+        print("some chunks were not detected: run the same command again to finish", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batml",
@@ -340,6 +402,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         parents=[common],
+        name="detect",
+        help="detect bat calls and their species in an archive of recordings (or a cube)",
+        description="Build (or reuse) the spectrogram cube of the recordings, run the model over it on a Dask "
+        "cluster and write every detected call with its species probabilities: OUT_DIR/detections.parquet "
+        "(one row per call), the seed's CSV (detections.csv: one row per call and species above its "
+        "threshold), Raven Pro selection tables (OUT_DIR/raven/) and a run report (report.json, report.txt). "
+        "Run the same command again after a crash or Ctrl-C: finished chunks are kept.",
+        epilog="Example: batml detect /data/night-2026-06-12 --out results/night-2026-06-12",
+    )
+    p.add_argument("source", metavar="AUDIO_DIR|CUBE", help="folder of WAV recordings (searched recursively), fsspec URL, or a cube")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (the same folder resumes the run)")
+    p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="model bundle (default: the bundled hybrid_cnn_xgboost)")
+    p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="where to build the cube (default: OUT_DIR/cube.zarr)")
+    p.add_argument(
+        "--format", type=_formats, default=("parquet", "csv", "raven"), metavar="LIST",
+        help="outputs besides the Parquet table: parquet,csv,raven (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--threshold", type=_threshold, action="append", metavar="[CLASS=]P",
+        help="override a tuned threshold: P for detection, CLASS=P for a class (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--raven", choices=("per-recording", "combined"), default="per-recording",
+        help="one Raven table per recording (default) or one combined table",
+    )  # fmt: skip
+    p.add_argument(
+        "--dense", action="store_true",
+        help="score every window with the whole model (the slow reference; default: the coarse-to-fine fast path)",
+    )  # fmt: skip
+    _add_audio_options(p)
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser(
+        parents=[common],
         name="evaluate",
         help="evaluate a model bundle on the test split of annotated recordings",
         description="Detection AP (area under the precision-recall curve), per-class AP and mAP, the "
@@ -358,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: one line, no traceback."""
     from pipeline.config import SettingsError
+    from pipeline.detect_archive import DetectError
     from pipeline.distributed import ClusterError
     from pipeline.io.archive import ArchiveError
     from pipeline.io.annotations import AnnotationError
@@ -367,7 +465,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.train import TrainingError
 
     return (
-        SettingsError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
+        SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
         TrainingError, FileNotFoundError, PermissionError,
     )  # fmt: skip
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -176,32 +177,83 @@ def _scored_columns(
     width: int,
     batch_size: int,
     n_outputs: int | None,
+    scan: "Scan | None" = None,
 ) -> np.ndarray:
     """Probabilities of the columns ``[first_column, stop_column)`` of a recording of
     ``n_columns`` columns, ``spectrogram`` holding its columns from ``first_column`` on (at
-    least up to ``min(stop_column + width - 1, n_columns)``)."""
+    least up to ``min(stop_column + width - 1, n_columns)``); every window when ``scan`` is
+    None or dense, else coarse to fine (:class:`Scan`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     last_window = n_columns - width  # the last column that starts a complete window
     window_stop = max(min(stop_column, last_window + 1), first_column)
-    n_windows = window_stop - first_column
     n_rows = stop_column - first_column
-    if n_windows == 0:
+    starts = np.arange(first_column, window_stop)
+    if scan is not None and scan.stride > 1:
+        starts = starts[starts % scan.stride == 0]  # the coarse grid, in recording columns
+    if len(starts) == 0:
         if n_outputs is None:
             # Nothing to score: one blank window tells how many outputs the predictor has.
             blank = np.zeros((1, spectrogram.shape[1], width, 1), dtype=np.float32)
             n_outputs = _predicted(predict, blank, None).shape[1]
         return _not_call_rows(n_rows, n_outputs)
     probs = None
-    for start in range(0, n_windows, batch_size):
-        stop = min(start + batch_size, n_windows)
-        windows = recording_windows(spectrogram, np.arange(start, stop), width)
-        batch = _predicted(predict, windows, n_outputs)
-        if probs is None:
-            n_outputs = batch.shape[1]
-            probs = _not_call_rows(n_rows, n_outputs)
-        probs[start:stop] = batch
+
+    def score(columns: np.ndarray) -> None:
+        nonlocal probs, n_outputs
+        for start in range(0, len(columns), batch_size):
+            local = columns[start : start + batch_size] - first_column
+            batch = _predicted(predict, recording_windows(spectrogram, local, width), n_outputs)
+            if probs is None:
+                n_outputs = batch.shape[1]
+                probs = _not_call_rows(n_rows, n_outputs)
+            probs[local] = batch
+
+    score(starts)
+    if scan is not None and scan.stride > 1:
+        score(scan.refined(starts, call_score(probs[starts - first_column]), first_column, window_stop))
     return probs
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Coarse-to-fine scoring of a recording's windows (the fast path).
+
+    The windows starting at every ``stride``-th column of the recording are scored first;
+    then every window within ``stride - 1`` columns of a coarse window whose call score
+    reaches ``gamma``; the others are "not call" without being scored. A call moves the
+    score over several consecutive windows, so a low ``gamma`` on the coarse grid finds
+    where to look; ``stride=1`` scores every window (the dense reference).
+    ``benchmarks/detect_speed.py`` measures what each setting costs in detection AP.
+    """
+
+    stride: int = 2
+    gamma: float = 0.02
+
+    def __post_init__(self):
+        if int(self.stride) < 1:
+            raise ValueError(f"stride={self.stride} must be at least 1")
+        if not 0.0 <= float(self.gamma) <= 1.0:
+            raise ValueError(f"gamma={self.gamma} must lie in [0, 1]")
+
+    @property
+    def reach(self) -> int:
+        """Columns on each side of a column that its (fast) probability depends on."""
+        return int(self.stride) - 1
+
+    def refined(self, coarse: np.ndarray, coarse_score: np.ndarray, first: int, stop: int) -> np.ndarray:
+        """The columns to score after the coarse grid: near the coarse windows that reach
+        ``gamma``, within ``[first, stop)``, not on the grid."""
+        hot = coarse[coarse_score >= self.gamma]
+        if len(hot) == 0:
+            return np.zeros(0, dtype=np.int64)
+        near = (hot[:, None] + np.arange(-self.reach, self.reach + 1)[None, :]).ravel()
+        near = np.unique(near[(near >= first) & (near < stop)])
+        return near[near % self.stride != 0]
+
+
+DENSE = Scan(stride=1, gamma=0.0)
+"""Every window scored: the reference the fast path is measured against."""
 
 
 def column_probabilities(
@@ -211,6 +263,7 @@ def column_probabilities(
     width: int = WINDOW_COLUMNS,
     batch_size: int = BATCH_WINDOWS,
     n_outputs: int | None = None,
+    scan: Scan | None = None,
 ) -> np.ndarray:
     """The model's probabilities for the window starting at every column of a recording.
 
@@ -230,12 +283,14 @@ def column_probabilities(
         K + 1, checked against every batch. Default: what ``predict`` returns; when the
         recording holds no complete window, ``predict`` is then asked once about a blank
         window to learn it.
+    scan : Scan, optional
+        Coarse-to-fine scoring (the fast path); default: every window.
 
     Returns
     -------
     numpy.ndarray
         float32, shape ``(n_columns, K + 1)``: row ``c`` scores the window starting at column
-        ``c``. The last ``width - 1`` columns start no complete window: they are "not call"
+        ``c`` (with ``scan``, the windows it skipped are "not call"). The last ``width - 1`` columns start no complete window: they are "not call"
         (1 in column 0, 0 elsewhere), and so is every column of a recording shorter than a
         window.
     """
@@ -244,7 +299,7 @@ def column_probabilities(
         raise ValueError(f"a spectrogram is (n_columns, rows), not of shape {spectrogram.shape}")
     n_columns = spectrogram.shape[0]
     return _scored_columns(
-        predict, spectrogram, 0, n_columns, n_columns, int(width), int(batch_size), n_outputs
+        predict, spectrogram, 0, n_columns, n_columns, int(width), int(batch_size), n_outputs, scan
     )
 
 
@@ -522,6 +577,7 @@ def detect_recording(
     sigma_columns: float = SMOOTHING_SIGMA_COLUMNS,
     radius_columns: int = NMS_RADIUS_COLUMNS,
     batch_size: int = BATCH_WINDOWS,
+    scan: Scan | None = None,
 ) -> pd.DataFrame:
     """The detected events of a recording held in memory.
 
@@ -535,7 +591,7 @@ def detect_recording(
         Real-time start (s) of each column.
     classes, thresholds, radius_columns
         As :func:`find_detections`.
-    width, batch_size
+    width, batch_size, scan
         As :func:`column_probabilities`.
     sigma_columns
         As :func:`smooth_probabilities`.
@@ -546,7 +602,7 @@ def detect_recording(
         The events of :func:`find_detections`. A recording shorter than one window has none.
     """
     probs = column_probabilities(
-        predict, spectrogram, width=width, batch_size=batch_size, n_outputs=len(classes) + 1
+        predict, spectrogram, width=width, batch_size=batch_size, n_outputs=len(classes) + 1, scan=scan
     )
     return find_detections(
         smooth_probabilities(probs, sigma_columns),
@@ -557,14 +613,101 @@ def detect_recording(
     )
 
 
-def minimum_halo_columns(radius_columns: int, sigma_columns: float) -> int:
+def minimum_halo_columns(radius_columns: int, sigma_columns: float, scan: Scan | None = None) -> int:
     """The fewest columns of context on each side of a block for exact block-wise detection.
 
     A peak's test reads the smoothed probabilities ``radius_columns`` away, each of which
     reads the raw ones :func:`smoothing_reach` further; the raw probability of a column
-    depends on its window alone, read whatever the halo.
+    depends on its window alone (dense), or on the coarse windows within ``scan.reach``
+    columns (coarse to fine).
     """
-    return int(radius_columns) + smoothing_reach(sigma_columns)
+    return int(radius_columns) + smoothing_reach(sigma_columns) + (scan.reach if scan else 0)
+
+
+def default_halo_columns(
+    radius_columns: int = NMS_RADIUS_COLUMNS,
+    sigma_columns: float = SMOOTHING_SIGMA_COLUMNS,
+    width: int = WINDOW_COLUMNS,
+    scan: Scan | None = None,
+) -> int:
+    """A halo comfortably above :func:`minimum_halo_columns`: one window more."""
+    reach = scan.reach if scan else 0
+    return int(radius_columns) + math.ceil(_TRUNCATE * max(sigma_columns, 0.0)) + int(width) + reach
+
+
+def detect_block(
+    predict: Predictor,
+    spectrogram: np.ndarray,
+    first_column: int,
+    n_columns: int,
+    times: np.ndarray,
+    owned: tuple[int, int],
+    classes: Sequence[str],
+    thresholds: Mapping[str, float] | None = None,
+    *,
+    width: int = WINDOW_COLUMNS,
+    sigma_columns: float = SMOOTHING_SIGMA_COLUMNS,
+    radius_columns: int = NMS_RADIUS_COLUMNS,
+    batch_size: int = BATCH_WINDOWS,
+    halo_columns: int | None = None,
+    scan: Scan | None = None,
+) -> pd.DataFrame:
+    """The events at the columns ``owned = (start, stop)`` of a recording, from a block of it.
+
+    Parameters
+    ----------
+    spectrogram : array, shape (m, rows)
+        The recording's columns from ``first_column`` on, covering at least
+        ``[start - halo, min(stop + halo + width - 1, n_columns))`` (clipped to the
+        recording).
+    first_column : int
+        The recording column of ``spectrogram[0]``.
+    n_columns : int
+        Columns of the whole recording.
+    times : array
+        Real-time start (s) of each column of ``spectrogram``.
+    owned : (int, int)
+        The recording columns whose events are returned.
+    halo_columns : int, optional
+        Context on each side, at least :func:`minimum_halo_columns`; default
+        :func:`default_halo_columns`.
+    others
+        As :func:`detect_recording`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The events of :func:`find_detections` whose ``column`` (a recording column) lies in
+        ``owned``: exactly those that detecting on the whole recording finds there.
+    """
+    start, stop = int(owned[0]), int(owned[1])
+    minimum = minimum_halo_columns(radius_columns, sigma_columns, scan)
+    halo = default_halo_columns(radius_columns, sigma_columns, width, scan) if halo_columns is None else int(halo_columns)
+    if halo < minimum:
+        raise ValueError(
+            f"halo_columns={halo} is too small for exact block borders: at least {minimum} "
+            f"(radius {radius_columns} + smoothing reach {smoothing_reach(sigma_columns)}"
+            f"{f' + scan reach {scan.reach}' if scan else ''})"
+        )
+    lo, hi = max(start - halo, 0), min(stop + halo, n_columns)
+    need = min(hi + width - 1, n_columns)
+    if first_column > lo or first_column + len(spectrogram) < need:
+        raise ValueError(
+            f"the block holds columns {first_column}..{first_column + len(spectrogram)}; "
+            f"columns {lo}..{need} are needed for {start}..{stop}"
+        )
+    block = np.asarray(spectrogram[lo - first_column : need - first_column])
+    probs = _scored_columns(predict, block, lo, hi, n_columns, width, int(batch_size), len(classes) + 1, scan)
+    events = find_detections(
+        smooth_probabilities(probs, sigma_columns),
+        np.asarray(times[lo - first_column : hi - first_column], dtype=np.float64),
+        classes,
+        thresholds,
+        radius_columns=radius_columns,
+    )
+    events["column"] += lo
+    keep = ((events["column"] >= start) & (events["column"] < stop)).to_numpy()
+    return events[keep].reset_index(drop=True)
 
 
 def detect_columns(
@@ -581,6 +724,7 @@ def detect_columns(
     batch_size: int = BATCH_WINDOWS,
     block_columns: int = BLOCK_COLUMNS,
     halo_columns: int | None = None,
+    scan: Scan | None = None,
 ) -> pd.DataFrame:
     """The detected events of a recording of any length, read and scored block by block.
 
@@ -595,14 +739,13 @@ def detect_columns(
         Columns of the recording.
     times : array-like, shape (n_columns,)
         Real-time start (s) of each column; only the slices of each block are read.
-    classes, thresholds, width, sigma_columns, radius_columns, batch_size
+    classes, thresholds, width, sigma_columns, radius_columns, batch_size, scan
         As :func:`detect_recording`.
     block_columns : int
         Columns owned by each block: the memory used is that of a block and its halo.
     halo_columns : int, optional
         Columns of context on each side of a block, at least
-        :func:`minimum_halo_columns` (radius plus the smoothing's reach). Default:
-        ``radius_columns + ceil(4 * sigma_columns) + width``.
+        :func:`minimum_halo_columns`; default :func:`default_halo_columns`.
 
     Returns
     -------
@@ -612,14 +755,14 @@ def detect_columns(
 
     Notes
     -----
-    Each block scores the windows starting at its columns and at ``halo_columns`` columns
-    on each side (reading ``width - 1`` more spectrogram columns after them, to complete the
-    last windows), smooths and finds peaks there, and keeps the peaks at the columns it
-    owns. The halo holds every column that a smoothed probability or a peak's NMS window
-    within the block depends on, and the ends of the halo that are not ends of the
-    recording are at least a halo away from the owned columns; so every peak is found
-    exactly as on the whole recording, by the one block that owns its column, even on a
-    block border. Unlike the seed (0.4 s chunks, no NMS across them), no call near a border
+    Each block (:func:`detect_block`) scores the windows starting at its columns and at
+    ``halo_columns`` columns on each side (reading ``width - 1`` more spectrogram columns
+    after them, to complete the last windows), smooths and finds peaks there, and keeps the
+    peaks at the columns it owns. The halo holds every column that a smoothed probability or
+    a peak's NMS window within the block depends on, and the ends of the halo that are not
+    ends of the recording are at least a halo away from the owned columns; so every peak is
+    found exactly as on the whole recording, by the one block that owns its column, even on
+    a block border. Unlike the seed (0.4 s chunks, no NMS across them), no call near a border
     is lost or reported twice.
     """
     n_columns, width = int(n_columns), int(width)
@@ -630,43 +773,27 @@ def detect_columns(
         raise ValueError(f"block_columns={block_columns} must be at least 1")
     if len(times) != n_columns:
         raise ValueError(f"{len(times)} times given for {n_columns} columns")
-    minimum = minimum_halo_columns(radius_columns, sigma_columns)
-    if halo_columns is None:
-        halo_columns = int(radius_columns) + math.ceil(_TRUNCATE * max(sigma_columns, 0.0)) + width
-    halo_columns = int(halo_columns)
-    if halo_columns < minimum:
-        raise ValueError(
-            f"halo_columns={halo_columns} is too small for exact block borders: at least "
-            f"{minimum} (radius {radius_columns} + smoothing reach {minimum - int(radius_columns)})"
-        )
+    halo = default_halo_columns(radius_columns, sigma_columns, width, scan) if halo_columns is None else int(halo_columns)
     classes = [str(name) for name in classes]
-    n_outputs = len(classes) + 1
     blocks = []
     for start in range(0, n_columns, block_columns):
         stop = min(start + block_columns, n_columns)
-        lo, hi = max(start - halo_columns, 0), min(stop + halo_columns, n_columns)
-        read_stop = min(hi + width - 1, n_columns)
+        lo, read_stop = max(start - halo, 0), min(stop + halo + width - 1, n_columns)
         spectrogram = np.asarray(spectrogram_reader(lo, read_stop))
         if spectrogram.ndim != 2 or spectrogram.shape[0] != read_stop - lo:
             raise ValueError(
                 f"spectrogram_reader({lo}, {read_stop}) returned shape {spectrogram.shape}; "
                 f"expected ({read_stop - lo}, rows)"
             )
-        probs = _scored_columns(
-            predict, spectrogram, lo, hi, n_columns, width, int(batch_size), n_outputs
+        blocks.append(
+            detect_block(
+                predict, spectrogram, lo, n_columns, np.asarray(times[lo:read_stop]), (start, stop), classes,
+                thresholds, width=width, sigma_columns=sigma_columns, radius_columns=radius_columns,
+                batch_size=batch_size, halo_columns=halo, scan=scan,
+            )  # fmt: skip
         )
-        events = find_detections(
-            smooth_probabilities(probs, sigma_columns),
-            np.asarray(times[lo:hi], dtype=np.float64),
-            classes,
-            thresholds,
-            radius_columns=radius_columns,
-        )
-        events["column"] += lo
-        owned = (events["column"] >= start) & (events["column"] < stop)
-        blocks.append(events[owned.to_numpy()])
     if not blocks:
         return find_detections(
-            np.zeros((0, n_outputs), dtype=np.float32), np.zeros(0), classes, thresholds
+            np.zeros((0, len(classes) + 1), dtype=np.float32), np.zeros(0), classes, thresholds
         )
     return pd.concat(blocks, ignore_index=True)

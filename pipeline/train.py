@@ -142,22 +142,37 @@ class Predictor:
     Column 0 is P(not call), columns 1..K the classes, whatever the architecture: a one-stage
     network's sigmoid head; a two-stage model's detector (P(call)) and classifier; a hybrid's
     boosters on the network's embedding.
+
+    ``booster_gate`` (hybrids only) is the fast path of the boosters: the network computes
+    its embedding and its own head in one pass, and the boosters score only the windows
+    whose head gives a call score ``1 - P(not call)`` of at least ``booster_gate``; the other
+    windows keep the head's probabilities (all far below any detection threshold). 0 runs
+    the boosters on every window (the dense reference).
     """
 
-    def __init__(self, architecture: str, networks: dict, boosters: dict | None = None):
+    def __init__(self, architecture: str, networks: dict, boosters: dict | None = None, *, booster_gate: float = 0.0):
         from pipeline.model.registry import get_architecture
 
         self.arch = get_architecture(architecture)
         self.networks = networks
         self.boosters = boosters
+        self.booster_gate = float(booster_gate)
         if self.arch.hybrid:
             self._embed = embedding_model(networks[self.arch.network_rows[0]])
+            self._embed_and_head = embedding_and_head(networks[self.arch.network_rows[0]])
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         if len(windows) == 0:
             return np.zeros((0, self.n_outputs), np.float32)
         if self.arch.hybrid:
-            return booster_probabilities(self.boosters, self._embed(windows, training=False).numpy())
+            if self.booster_gate <= 0:
+                return booster_probabilities(self.boosters, self._embed(windows, training=False).numpy())
+            embedding, head = (x.numpy() for x in self._embed_and_head(windows, training=False))
+            probs = head.astype(np.float32)
+            use = (1.0 - probs[:, 0]) >= self.booster_gate
+            if use.any():
+                probs[use] = booster_probabilities(self.boosters, embedding[use])
+            return probs
         if self.arch.two_stage:
             detector = self.networks[self.arch.detector_row](windows, training=False).numpy()
             classes = self.networks[self.arch.classifier_row](windows, training=False).numpy()
@@ -165,10 +180,10 @@ class Predictor:
         return self.networks[self.arch.network_rows[0]](windows, training=False).numpy().astype(np.float32)
 
     @classmethod
-    def from_bundle(cls, bundle) -> "Predictor":
+    def from_bundle(cls, bundle, *, booster_gate: float = 0.0) -> "Predictor":
         """The predictor of a loaded :class:`~pipeline.model.bundle.ModelBundle`."""
         networks = {row: bundle.network(row) for row in bundle.spec.network_rows}
-        return cls(bundle.architecture, networks, bundle.boosters() or None)
+        return cls(bundle.architecture, networks, bundle.boosters() or None, booster_gate=booster_gate)
 
     @property
     def n_outputs(self) -> int:
@@ -182,6 +197,14 @@ def embedding_model(network):
     import keras
 
     return keras.Model(network.input, network.get_layer("embedding").output, name=f"{network.name}_embedding")
+
+
+def embedding_and_head(network):
+    """The network with two outputs: its embedding and its own head, in one pass."""
+    import keras
+
+    outputs = [network.get_layer("embedding").output, network.output]
+    return keras.Model(network.input, outputs, name=f"{network.name}_embedding_and_head")
 
 
 def inference_network(network):
