@@ -5,7 +5,8 @@ this machine; ``"slurm"`` starts workers as SLURM jobs through dask-jobqueue; an
 is the address of a running scheduler (``tcp://host:8786``). Defaults live in
 ``pipeline/distributed.yaml``, merged into ``dask.config`` under ``batml``, so every key can
 be overridden by a YAML file in ``~/.config/dask/``, an environment variable
-(``DASK_BATML__LOCAL__N_WORKERS=4``) or a keyword.
+(``DASK_BATML__LOCAL__N_WORKERS=4``), a YAML file given to :func:`load_cluster_config`
+(``--cluster-config`` on the command line) or a keyword. ``cluster/`` holds example profiles.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
 
 import dask.config
+import dask.utils
 import yaml
 
 _DEFAULTS = Path(__file__).with_name("distributed.yaml")
@@ -58,14 +64,127 @@ def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory
     )
 
 
+def load_cluster_config(path: str | os.PathLike) -> None:
+    """Merge a user's YAML profile into ``dask.config``, over every other source.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A dask config file: ``batml: slurm: cluster: {queue: ...}`` and the like (see
+        ``cluster/slurm.yaml``); any other dask key (``distributed: ...``) is merged too.
+        It applies to this process (and the workers of a local cluster), until it exits.
+
+    Raises
+    ------
+    ClusterError
+        The file is missing or unreadable, is not YAML, or is not a mapping.
+    """
+    where = f"cluster config {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClusterError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterError(f"{where}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ClusterError(f"{where}: not valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
+    if data is None:
+        return
+    if not isinstance(data, Mapping) or not isinstance(data.get("batml", {}), Mapping):
+        raise ClusterError(f"{where}: expected a mapping of dask config keys, like 'batml: slurm: cluster: ...'")
+    dask.config.update(dask.config.config, data, priority="new")
+
+
+def slurm_cluster_options() -> dict:
+    """Keyword arguments of :class:`dask_jobqueue.SLURMCluster`, from ``batml.slurm.cluster``.
+
+    Keys may be written with ``-`` or ``_``; a null one leaves dask-jobqueue's own setting
+    (``jobqueue.slurm``). ``python`` defaults to this interpreter, so the workers run the
+    same environment (and batml); ``--preload-nanny pipeline.distributed``
+    is added to the workers' arguments so that their nannies use batml's dask defaults too.
+
+    Raises
+    ------
+    ClusterError
+        ``batml.slurm.cluster`` is not a mapping.
+    """
+    cfg = dask.config.get("batml.slurm.cluster", default=None) or {}
+    if not isinstance(cfg, Mapping):
+        raise ClusterError("batml.slurm.cluster must be a mapping of dask_jobqueue.SLURMCluster arguments")
+    options = {str(key).replace("-", "_"): value for key, value in cfg.items()}
+    jobqueue = dask.config.get("jobqueue.slurm", default={})
+    options["python"] = options.get("python") or jobqueue.get("python") or sys.executable
+    extra = options.get("worker_extra_args")
+    extra = list(jobqueue.get("worker-extra-args") or [] if extra is None else extra)
+    if "pipeline.distributed" not in extra:
+        extra += ["--preload-nanny", "pipeline.distributed"]
+    options["worker_extra_args"] = extra
+    return options
+
+
 def _slurm_cluster(n_workers: int | None):
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise ClusterError("--cluster slurm needs dask-jobqueue: pip install 'batml[slurm]'") from None
-    cluster = SLURMCluster(**(dask.config.get("batml.slurm.cluster") or {}))
+    if shutil.which("sbatch") is None:
+        raise ClusterError("--cluster slurm needs SLURM's sbatch on PATH: run batml where you submit jobs")
+    try:
+        cluster = SLURMCluster(**slurm_cluster_options())
+    except (TypeError, ValueError) as exc:
+        raise ClusterError(f"batml.slurm.cluster: {str(exc).splitlines()[0]}") from None
+    try:
+        _check_slurm_job(cluster.job_script())
+    except BaseException:
+        cluster.close()
+        raise
     cluster.scale(jobs=n_workers or dask.config.get("batml.slurm.jobs", 1))
     return cluster
+
+
+def _check_slurm_job(job_script: str) -> None:
+    """Ask SLURM whether it would run the worker job (``sbatch --test-only``: nothing is queued).
+
+    Raises
+    ------
+    ClusterError
+        SLURM refuses it (unknown partition or account, more CPUs or memory than a node
+        has...) or does not answer within ``batml.connect_timeout``.
+    """
+    timeout = dask.utils.parse_timedelta(dask.config.get("batml.connect_timeout", "30s"))
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="batml-worker-") as script:
+        script.write(job_script)
+        script.flush()
+        try:
+            command = ["sbatch", "--test-only", script.name]
+            out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"sbatch did not answer within {timeout:g} s: is SLURM's controller up?") from None
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or [f"sbatch exit status {out.returncode}"]
+        reason = lines[-1].removeprefix("sbatch: error: ").removeprefix("allocation failure: ")
+        raise ClusterError(f"SLURM refuses batml's worker job (see batml.slurm.cluster): {reason}")
+
+
+def _wait_for_slurm_worker(client) -> None:
+    """Wait until one worker has joined (the others join as their jobs start).
+
+    Raises
+    ------
+    ClusterError
+        None within ``batml.slurm.wait``: the job is stuck in the queue or failed to start.
+    """
+    timeout = dask.utils.parse_timedelta(dask.config.get("batml.slurm.wait", "300s"))
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise ClusterError(
+            f"no SLURM worker started within {timeout:g} s: check squeue (and the job's log) "
+            "or raise batml.slurm.wait"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -83,6 +202,10 @@ def connect(
     An existing ``client`` is used as is (and not closed). Otherwise the named cluster is
     started (and stopped afterwards) or the scheduler address is connected to. The
     dashboard address is printed on standard error unless ``quiet``.
+
+    With ``"slurm"``, ``n_workers`` SLURM jobs (default ``batml.slurm.jobs``) are submitted
+    and the block starts once the first worker has joined; :class:`ClusterError` if none
+    has within ``batml.slurm.wait``. The jobs are cancelled when the block ends.
     """
     from distributed import Client
 
@@ -107,6 +230,8 @@ def connect(
     try:
         if not quiet:
             print(f"Dask dashboard: {new_client.dashboard_link}", file=sys.stderr)
+        if cluster == "slurm":
+            _wait_for_slurm_worker(new_client)
         yield new_client
     finally:
         # Shutting down must not hide why we stop (an error, Ctrl-C, SIGTERM): a cluster

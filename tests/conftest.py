@@ -38,3 +38,27 @@ def small_archive(tmp_path_factory):
     from pipeline.simulate import simulate_archive
 
     return simulate_archive(tmp_path_factory.mktemp("archive"), minutes=1.0, seed=7)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM (munged, slurmctld, slurmd), installed with apt if missing.
+
+    ``SLURM_CONF`` points at its configuration in ``os.environ`` while the fixture is alive,
+    so dask-jobqueue's sbatch/squeue/scancel and ``batml`` subprocesses use it. Yields a
+    :class:`slurm_cluster.SlurmNode` (tests/slurm_cluster.py); skips when SLURM cannot be installed.
+    """
+    from slurm_cluster import SlurmStartError, ensure_installed, start_slurm, stop_slurm
+
+    ensure_installed()
+    try:
+        node = start_slurm(tmp_path_factory.mktemp("slurm"))
+    except SlurmStartError as exc:
+        pytest.fail(f"SLURM did not start: {exc}", pytrace=False)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in node.env.items():
+            env.setenv(name, value)
+        try:
+            yield node
+        finally:
+            stop_slurm(node)
