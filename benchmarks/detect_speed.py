@@ -133,7 +133,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=(1, 2))
     parser.add_argument("--model", help="model bundle (default: the bundled one)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "batml-detect-bench")
-    parser.add_argument("--skip-dense", action="store_true", help="skip the dense reference (slow)")
+    parser.add_argument("--skip-dense", action="store_true", help="skip the fast-path ideas vs the dense reference (slow)")
+    parser.add_argument("--ideas-only", action="store_true", help="only the fast-path ideas (on the large monitoring archive)")
     args = parser.parse_args(argv)
     args.data.mkdir(parents=True, exist_ok=True)
     extra = ("--model", args.model) if args.model else ()
@@ -141,6 +142,9 @@ def main(argv=None) -> None:
         "real": [real_archive(args.data, n) for n in args.copies],
         "monitoring": [monitoring_archive(args.data, m) for m in args.minutes],
     }
+    if args.ideas_only:
+        ideas(args.data, archives["monitoring"][1], max(args.workers), extra)
+        return
     print(f"{'archive':>10} {'from':>5} {'workers':>7} {'audio s':>8} {'CPU s':>7} {'wall s':>7} "
           f"{'marginal audio s/CPU s':>22} {'start-up CPU s':>14} {'peak MB/worker':>15}")  # fmt: skip
     walls: dict = {}
@@ -169,18 +173,36 @@ def main(argv=None) -> None:
         if workers == 2 and (name, source, 1) in walls:
             print(f"{name} from {source}: 2 workers {walls[(name, source, 1)] / wall:.2f}x faster than 1 (wall, large archive)")
     if not args.skip_dense:
-        # Both at a detection threshold of 0.5 (every event), for the whole precision-recall curve.
-        large = archives["monitoring"][1]
-        cube = args.data / "out" / f"{large.name}-w{max(args.workers)}" / "cube.zarr"
-        fast_out, dense_out = (args.data / "out" / f"{large.name}-{kind}" for kind in ("fast", "dense"))
-        for folder in (fast_out, dense_out):
-            shutil.rmtree(folder, ignore_errors=True)
-        run_detect(cube, fast_out, max(args.workers), (*extra, "--threshold", "0.5"))
-        dense = run_detect(cube, dense_out, max(args.workers), (*extra, "--threshold", "0.5", "--dense"))
-        fast_ap, dense_ap = detection_ap(large, fast_out), detection_ap(large, dense_out)
-        seconds = audio_seconds(large)
-        print(f"monitoring {large.name}: detection AP fast {fast_ap:.4f}, dense {dense_ap:.4f}, "
-              f"loss {dense_ap - fast_ap:+.4f}; dense from cube {seconds / dense['cpu']:.1f} audio s/CPU s")  # fmt: skip
+        ideas(args.data, archives["monitoring"][1], max(args.workers), extra)
+
+
+#: The fast-path ideas measured against the dense reference: (name, extra options).
+IDEAS = (
+    ("dense (every window, boosters everywhere)", ("--dense",)),
+    ("boosters gated at 0.01, every window", ("--scan-stride", "1", "--booster-gate", "0.01")),
+    ("+ coarse-to-fine stride 2 (default)", ()),
+    ("+ coarse-to-fine stride 4", ("--scan-stride", "4")),
+    ("+ coarse-to-fine stride 8", ("--scan-stride", "8")),
+)
+
+
+def ideas(data: Path, archive: Path, workers: int, extra=()) -> None:
+    """Each fast-path idea, from the archive's cube, at a detection threshold of 0.5 (every
+    event: the whole precision-recall curve): CPU cost and detection AP."""
+    cube = data / "out" / f"{archive.name}-w{workers}" / "cube.zarr"
+    if not cube.exists():
+        run_detect(archive, cube.parent, workers, extra)
+    seconds = audio_seconds(archive)
+    print(f"\nfast-path ideas on {archive.name} ({seconds:.0f} s of audio, from its cube, {workers} workers):")
+    print(f"{'idea':<45} {'CPU s':>7} {'audio s/CPU s':>13} {'detection AP':>12} {'AP loss':>8}")
+    reference = None
+    for k, (name, options) in enumerate(IDEAS):
+        out = data / "out" / f"{archive.name}-idea{k}"
+        shutil.rmtree(out, ignore_errors=True)
+        run = run_detect(cube, out, workers, (*extra, "--threshold", "0.5", "--format", "parquet", *options))
+        ap = detection_ap(archive, out)
+        reference = ap if reference is None else reference
+        print(f"{name:<45} {run['cpu']:7.1f} {seconds / run['cpu']:13.1f} {ap:12.4f} {reference - ap:+8.4f}")
 
 
 if __name__ == "__main__":

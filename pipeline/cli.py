@@ -264,7 +264,10 @@ def _formats(text: str) -> tuple[str, ...]:
 def cmd_detect(args) -> int:
     from pipeline.detect_archive import DetectSettings, detect_archive
 
-    fast = dict(scan_stride=1, scan_gamma=0.0, booster_gate=0.0) if args.dense else {}
+    fast = {k: v for k, v in (("scan_stride", args.scan_stride), ("scan_gamma", args.scan_gamma),
+                               ("booster_gate", args.booster_gate)) if v is not None}  # fmt: skip
+    if args.dense:
+        fast = dict(scan_stride=1, scan_gamma=0.0, booster_gate=0.0)
     settings = DetectSettings(
         thresholds=dict(args.threshold or []) or None,
         formats=args.format,
@@ -430,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dense", action="store_true",
         help="score every window with the whole model (the slow reference; default: the coarse-to-fine fast path)",
+    )  # fmt: skip
+    fast = p.add_argument_group("fast path (advanced; benchmarks/detect_speed.py measures them)")
+    fast.add_argument("--scan-stride", type=int, metavar="S", help="score every S-th window first (default 2; 1: every window)")
+    fast.add_argument(
+        "--scan-gamma", type=float, metavar="G",
+        help="then every window within S-1 columns of a first-pass window whose call score reaches G (default 0.02)",
+    )  # fmt: skip
+    fast.add_argument(
+        "--booster-gate", type=float, metavar="G",
+        help="hybrids: run the boosters only where the network's own call score reaches G (default 0.01; 0: everywhere)",
     )  # fmt: skip
     _add_audio_options(p)
     _add_cluster_options(p)

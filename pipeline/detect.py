@@ -71,8 +71,10 @@ SMOOTHING_SIGMA_COLUMNS = 0.5
 #: are 10.5 columns.
 NMS_RADIUS_COLUMNS = 10
 
-#: Windows scored per call of the predictor (1024 windows of 130 x 20 float32: 10.6 MB).
-BATCH_WINDOWS = 1024
+#: Windows scored per call of the predictor. 256 windows are 2.7 MB of input, but the CNN's
+#: first convolution alone holds 256 x 130 x 20 x 48 float32 (128 MB) of activations: with
+#: 1024, a worker's peak memory passed 2 GB (benchmarks/detect_speed.py).
+BATCH_WINDOWS = 256
 
 #: Columns per block of :func:`detect_columns` (65,536 columns: about 76 s of audio).
 BLOCK_COLUMNS = 65_536

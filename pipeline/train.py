@@ -164,6 +164,13 @@ class Predictor:
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         if len(windows) == 0:
             return np.zeros((0, self.n_outputs), np.float32)
+        n = len(windows)
+        size = padded_batch_size(n)
+        if size != n:  # a few fixed batch shapes: TensorFlow/oneDNN caches one plan per shape
+            windows = np.concatenate([windows, np.zeros((size - n, *windows.shape[1:]), windows.dtype)])
+        return self._probabilities(windows)[:n]
+
+    def _probabilities(self, windows: np.ndarray) -> np.ndarray:
         if self.arch.hybrid:
             if self.booster_gate <= 0:
                 return booster_probabilities(self.boosters, self._embed(windows, training=False).numpy())
@@ -190,6 +197,15 @@ class Predictor:
         if self.arch.hybrid:
             return len(self.boosters)
         return int(self.networks[self.arch.network_rows[-1]].output_shape[-1]) + int(self.arch.two_stage)
+
+
+def padded_batch_size(n: int, smallest: int = 64) -> int:
+    """The batch shape ``n`` windows are scored in: the next power of two, at least ``smallest``.
+
+    TensorFlow (oneDNN) builds and caches a plan for every input shape it meets; the fast path
+    scores batches of every size, and without padding a worker's memory grew past 2 GB.
+    """
+    return max(int(smallest), 1 << max(int(n) - 1, 0).bit_length())
 
 
 def embedding_model(network):

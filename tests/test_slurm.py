@@ -137,6 +137,33 @@ def test_the_sbatch_example_runs_batml_inside_its_allocation(slurm, archive, tmp
     assert not list(tmp_path.glob("dask-scheduler-*.json"))
 
 
+@pytest.mark.slurm
+def test_detect_on_slurm_gives_the_local_detections(slurm, tmp_path):
+    """``batml detect --cluster slurm`` (model loaded in a SLURM job's worker) writes the
+    detections of a local run."""
+    import pandas as pd
+
+    from pipeline.cli import main
+    from pipeline.io.detections import read_detections
+    from pipeline.simulate import simulate_archive
+
+    audio = tmp_path / "audio"
+    simulate_archive(audio, minutes=0.2, seed=5, empty_fraction=0.0)
+    assert main(["detect", str(audio), "--out", str(tmp_path / "local"), "--workers", "1", "-q"]) == 0
+    env = {**_small_worker_env(tmp_path / "jobs"), "DASK_BATML__SLURM__CLUSTER__MEMORY": "3GiB"}
+    out = subprocess.run(
+        [str(BATML), "detect", str(audio), "--out", str(tmp_path / "slurm"), "--cluster", "slurm", "-q"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert list((tmp_path / "jobs").glob("*.err")), "the detection ran no SLURM job"
+    local, on_slurm = read_detections(tmp_path / "local"), read_detections(tmp_path / "slurm")
+    assert len(local) > 0
+    pd.testing.assert_frame_equal(local, on_slurm, check_exact=False, atol=1e-5)
+    assert (tmp_path / "slurm" / "detections.csv").is_file() and (tmp_path / "slurm" / "report.json").is_file()
+    assert slurm.jobs_after_end(slurm.jobs()) == []
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
