@@ -27,17 +27,16 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask.config
 import numpy as np
 import pandas as pd
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipeline import detect as dt
 from pipeline.config import Settings
-from pipeline.distributed import connect, worker_threads
+from pipeline.distributed import connect, run_chunks
 from pipeline.io import cube as cube_io
 from pipeline.io import detections as out_io
 
@@ -364,12 +363,6 @@ def _resolve_thresholds(bundle, overrides: dict | None) -> dict:
     return thresholds
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="chunk", smoothing=0.1)
-
-
 def detect_archive(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -507,33 +500,10 @@ def window_seconds(spec) -> float:
 
 def _run_chunks(client, cube_path, out_dir, recordings, usable, chunk_columns, n_time, todo, thresholds, scan, progress):
     """Detect the chunks ``todo``, a bounded number at a time; their errors."""
-    from distributed import as_completed
 
-    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
-    queue = iter(todo)
-    errors: list[str] = []
-    running = as_completed()
-
-    def submit_next() -> bool:
-        chunk = next(queue, None)
-        if chunk is None:
-            return False
+    def submit(chunk: int):
         start, stop = chunk * chunk_columns, min((chunk + 1) * chunk_columns, n_time)
         pieces = chunk_pieces(recordings, start, stop, usable)
-        future = client.submit(detect_chunk, cube_path, out_dir, chunk, pieces, thresholds, scan, pure=False)
-        future.chunk = chunk
-        running.add(future)
-        return True
+        return client.submit(detect_chunk, cube_path, out_dir, chunk, pieces, thresholds, scan, pure=False)
 
-    for _ in range(in_flight):
-        if not submit_next():
-            break
-    with _progress(len(todo), progress, "detect") as bar:
-        for future in running:
-            try:
-                future.result()
-            except Exception as exc:  # a worker died repeatedly or a bug: report, go on
-                errors.append(f"chunk {future.chunk}: {type(exc).__name__}: {exc}".splitlines()[0])
-            bar.update()
-            submit_next()
-    return errors
+    return run_chunks(client, todo, submit, desc="detect", progress=progress)

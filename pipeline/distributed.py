@@ -49,6 +49,59 @@ def worker_threads(client) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
+def run_chunks(client, chunks, submit, *, desc: str, progress: bool = True) -> list[str]:
+    """Run one task per chunk, a bounded number in flight; the errors, one line each.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    chunks : sequence of int
+        The chunks to run, in order.
+    submit : callable
+        ``submit(chunk) -> Future``: submits the task of one chunk.
+    desc : str
+        Label of the progress bar (one step per chunk).
+    progress : bool
+        Show the progress bar.
+
+    Returns
+    -------
+    list of str
+        ``"chunk K: Error: message"`` for each chunk whose task failed (a worker that died
+        repeatedly, or a bug); the other chunks still run. At most ``tasks_per_thread`` tasks
+        per worker thread are queued at once, so the scheduler's memory does not grow with
+        the archive.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    if not len(chunks):
+        return []
+    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
+    queue = iter(chunks)
+    errors: list[str] = []
+    running = as_completed()
+
+    def submit_next() -> None:
+        chunk = next(queue, None)
+        if chunk is not None:
+            future = submit(chunk)
+            future.chunk = chunk
+            running.add(future)
+
+    for _ in range(in_flight):
+        submit_next()
+    with tqdm(total=len(chunks), disable=not progress, desc=desc, unit="chunk", smoothing=0.1) as bar:
+        for future in running:
+            try:
+                future.result()
+            except Exception as exc:  # a worker died repeatedly or a bug: report, go on
+                errors.append(f"chunk {future.chunk}: {type(exc).__name__}: {exc}".splitlines()[0])
+            bar.update()
+            submit_next()
+    return errors
+
+
 def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit: str | None):
     from distributed import LocalCluster
 

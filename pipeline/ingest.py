@@ -21,13 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask.config
 import numpy as np
 import pandas as pd
 
 from pipeline import spectrogram as sg
 from pipeline.config import IngestSettings, Settings, SpectrogramSettings
-from pipeline.distributed import connect, worker_threads
+from pipeline.distributed import connect, run_chunks
 from pipeline.io import archive, audio
 from pipeline.io import cube as cube_io
 
@@ -194,12 +193,6 @@ def manifest_changed(stored: pd.DataFrame, now: pd.DataFrame) -> bool:
     return not (same_size and np.allclose(stored["mtime"].to_numpy(float), now["mtime"].to_numpy(float), atol=1e-3))
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="chunk", smoothing=0.1)
-
-
 def ingest(
     audio_dir: str | os.PathLike,
     cube: str | os.PathLike,
@@ -261,42 +254,17 @@ def ingest(
 
 def _run_chunks(client, cube: Path, layout: cube_io.Layout, todo: list[int], spec, progress: bool) -> list[str]:
     """Compute and write the chunks ``todo``, a bounded number at a time; their errors."""
-    from distributed import as_completed
-
-    if not todo:
-        return []
     todo_set = set(todo)
     statistics = {
         r: client.submit(recording_statistics, layout.piece(r), spec, pure=False)
         for r in layout.spanning_recordings()
         if any(k in todo_set for k in layout.chunks_of(r))
     }
-    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
-    queue = iter(todo)
-    errors: list[str] = []
-    running = as_completed()
 
-    def submit_next() -> bool:
-        chunk = next(queue, None)
-        if chunk is None:
-            return False
+    def submit(chunk: int):
         start, _ = layout.chunk_bounds(chunk)
         pieces = layout.pieces(chunk)
         stats = {p.recording: statistics[p.recording] for p in pieces if p.recording in statistics}
-        future = client.submit(ingest_chunk, str(cube), chunk, start, pieces, stats, spec, pure=False)
-        future.chunk = chunk
-        running.add(future)
-        return True
+        return client.submit(ingest_chunk, str(cube), chunk, start, pieces, stats, spec, pure=False)
 
-    for _ in range(in_flight):
-        if not submit_next():
-            break
-    with _progress(len(todo), progress, "ingest") as bar:
-        for future in running:
-            try:
-                future.result()
-            except Exception as exc:  # a worker died repeatedly or a bug: report, go on
-                errors.append(f"chunk {future.chunk}: {type(exc).__name__}: {exc}".splitlines()[0])
-            bar.update()
-            submit_next()
-    return errors
+    return run_chunks(client, todo, submit, desc="ingest", progress=progress)

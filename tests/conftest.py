@@ -62,3 +62,17 @@ def slurm(tmp_path_factory):
             yield node
         finally:
             stop_slurm(node)
+
+
+@pytest.fixture(scope="session")
+def mixed_archive(tmp_path_factory, small_archive):
+    """The small simulated archive plus the corpus of bad files (``odd/``), with what each
+    should give (read only); ``(root, corpus)``."""
+    import shutil
+
+    from pipeline.testing import write_bad_corpus
+
+    root = tmp_path_factory.mktemp("mixed") / "audio"
+    shutil.copytree(small_archive.root, root, ignore=shutil.ignore_patterns("annotations.*"))
+    corpus = write_bad_corpus(root / "odd")
+    return root, corpus

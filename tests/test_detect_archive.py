@@ -22,7 +22,6 @@ from pipeline.detect_archive import DEFAULT_MODEL, DetectError, DetectSettings, 
 from pipeline.io import detections as out_io
 from pipeline.io.cube import open_cube
 from pipeline.model.bundle import load_bundle
-from pipeline.testing import write_bad_corpus
 from pipeline.train import Predictor
 
 #: Chunks of 512 columns (0.6 s): a 1-minute archive gives about a hundred chunk borders.
@@ -30,17 +29,8 @@ SMALL_CHUNKS = Settings(ingest=IngestSettings(chunk_columns=512))
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory, small_archive):
-    """The small simulated archive plus the corpus of bad files."""
-    root = tmp_path_factory.mktemp("detect") / "audio"
-    shutil.copytree(small_archive.root, root, ignore=shutil.ignore_patterns("annotations.*"))
-    corpus = write_bad_corpus(root / "odd")
-    return root, corpus
-
-
-@pytest.fixture(scope="module")
-def detected(archive, tmp_path_factory, client):
-    root, _ = archive
+def detected(mixed_archive, tmp_path_factory, client):
+    root, _ = mixed_archive
     out = tmp_path_factory.mktemp("run") / "out"
     report = detect_archive(root, out, ingest_settings=SMALL_CHUNKS, client=client, progress=False)
     return root, out, report
@@ -101,8 +91,8 @@ def test_chunk_borders_change_nothing(detected):
     assert n_compared >= 3
 
 
-def test_bad_files_are_reported_and_the_run_goes_on(detected, archive):
-    root, corpus = archive
+def test_bad_files_are_reported_and_the_run_goes_on(detected, mixed_archive):
+    root, corpus = mixed_archive
     _, out, report = detected
     failed = dict(report.failed)
     assert not report.ok and report.complete

@@ -20,7 +20,6 @@ from pipeline.config import IngestSettings, Settings, SpectrogramSettings
 from pipeline.ingest import ingest
 from pipeline.io import audio
 from pipeline.io.cube import JOURNAL, CubeError, open_cube
-from pipeline.testing import write_bad_corpus
 
 SMALL_CHUNKS = Settings(ingest=IngestSettings(chunk_columns=512))
 
@@ -30,15 +29,6 @@ def expected_columns(path: str, channel, settings=SpectrogramSettings()) -> np.n
     info = audio.read_info(path)
     samples = audio.read_samples(path, channel=channel)
     return sg.spectrogram(samples, info.real_rate, settings).astype(np.float16)
-
-
-@pytest.fixture(scope="module")
-def mixed_archive(tmp_path_factory, small_archive):
-    """The small simulated archive, plus bad files, a stereo file and a time-expanded one."""
-    root = tmp_path_factory.mktemp("mixed") / "audio"
-    shutil.copytree(small_archive.root, root, ignore=shutil.ignore_patterns("annotations.*"))
-    corpus = write_bad_corpus(root / "odd")
-    return root, corpus
 
 
 @pytest.fixture(scope="module")
