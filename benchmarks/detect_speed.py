@@ -180,8 +180,8 @@ def main(argv=None) -> None:
 IDEAS = (
     ("dense (every window, boosters everywhere)", ("--dense",)),
     ("boosters gated at 0.01, every window", ("--scan-stride", "1", "--booster-gate", "0.01")),
-    ("+ coarse-to-fine stride 2 (default)", ()),
-    ("+ coarse-to-fine stride 4", ("--scan-stride", "4")),
+    ("+ coarse-to-fine stride 2", ("--scan-stride", "2")),
+    ("+ coarse-to-fine stride 4 (default)", ()),
     ("+ coarse-to-fine stride 8", ("--scan-stride", "8")),
 )
 

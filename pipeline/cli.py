@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score every window with the whole model (the slow reference; default: the coarse-to-fine fast path)",
     )  # fmt: skip
     fast = p.add_argument_group("fast path (advanced; benchmarks/detect_speed.py measures them)")
-    fast.add_argument("--scan-stride", type=int, metavar="S", help="score every S-th window first (default 2; 1: every window)")
+    fast.add_argument("--scan-stride", type=int, metavar="S", help="score every S-th window first (default 4; 1: every window)")
     fast.add_argument(
         "--scan-gamma", type=float, metavar="G",
         help="then every window within S-1 columns of a first-pass window whose call score reaches G (default 0.02)",

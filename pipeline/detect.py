@@ -229,7 +229,7 @@ class Scan:
     ``benchmarks/detect_speed.py`` measures what each setting costs in detection AP.
     """
 
-    stride: int = 2
+    stride: int = 4
     gamma: float = 0.02
 
     def __post_init__(self):

@@ -75,7 +75,7 @@ class DetectSettings:
     """
 
     thresholds: dict | None = None
-    scan_stride: int = 2
+    scan_stride: int = 4
     scan_gamma: float = 0.02
     booster_gate: float = 0.01
     formats: tuple[str, ...] = FORMATS
