@@ -156,7 +156,7 @@ def _temporary_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     """Flush a folder's entries (a rename inside it) to disk, where the platform allows."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -188,7 +188,7 @@ def _atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -197,7 +197,7 @@ def _replace_directory(staging: Path, target: Path) -> None:
     """Put the finished folder ``staging`` in the place of ``target`` (which may exist)."""
     for entry in staging.iterdir():
         _fsync_file(entry)
-    _fsync_directory(staging)
+    fsync_directory(staging)
     aside = target.with_name(f".{target.name}.previous-{uuid.uuid4().hex[:12]}")
     if target.exists():
         os.rename(target, aside)
@@ -207,7 +207,7 @@ def _replace_directory(staging: Path, target: Path) -> None:
         if aside.exists() and not target.exists():
             os.rename(aside, target)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 

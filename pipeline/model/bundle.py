@@ -718,16 +718,9 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def _fsync_directory(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    from pipeline.io.detections import fsync_directory
+
+    fsync_directory(folder)
 
 
 # ---------------------------------------------------------------------------------------------
