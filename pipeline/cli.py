@@ -285,6 +285,14 @@ def cmd_detect(args) -> int:
     return EXIT_OK if report.ok else EXIT_SOME_FAILED
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own; indented lines (examples) stay as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(indent + line if line.startswith(" ") else fill(line, width, indent) for line in text.splitlines())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batml",
@@ -298,10 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file (see README)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or dashboard address")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(**kwargs):  # every subcommand keeps the line breaks of its examples
+        return _add_parser(formatter_class=_HelpFormatter, **kwargs)
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser(
         parents=[common],
         name="simulate",
+        epilog="Examples:\n  batml simulate example --minutes 1\n  batml simulate sim --minutes 20 --seed 1 --overlap-fraction 0.3",
         help="write a synthetic archive of annotated bat recordings",
         description="Write a synthetic archive: full-spectrum WAV files with calls of the 7 groups "
         "(Barbarg, Envsp, Myosp, Pip35, Pip50, Plesp, Rhisp), noise, empty files and overlapping "
@@ -322,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="manifest",
+        epilog="Examples:\n  batml manifest /data/night-2026-06-12 -o night.parquet\n  batml manifest /data/bats --time-expansion 10 --channels first -o te.parquet",
         help="list an archive's recordings and their metadata in a Parquet table",
         description="Read the header and GUANO metadata of every WAV file under AUDIO_DIR (no decoding) "
         "and write the manifest: path, size, mtime, sample rate, duration, channels, time expansion, "
@@ -335,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="convert",
+        epilog="Examples:\n  batml convert seed/annotations.npz -o calls.csv\n  batml convert annotations/ -o calls.csv     # batdetect2 .wav.json files",
         help="convert annotations to a CSV of calls (from the seed's .npz or batdetect2 .json files)",
         description="Write a CSV of calls (file, position, class, duration, ...) that 'batml train' reads: "
         "from the seed's .npz (a safe format: no pickle needed to read it again) or from a folder of "
@@ -349,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="ingest",
+        epilog="Examples:\n  batml ingest /data/night-2026-06-12 --cube night.zarr\n  batml ingest /data/site01 --cube site01.zarr --cluster slurm --workers 8",
         help="compute the spectrogram cube (zarr) of an archive; resumable",
         description="Compute the model-ready spectrograms of every recording under AUDIO_DIR into a "
         "zarr-backed xarray cube, in parallel with Dask. Running the same command again resumes "
@@ -363,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="train",
+        epilog="Examples:\n  batml train sim/annotations.npz --audio sim --model-type hybrid_cnn_xgboost --out models/hybrid\n  batml train calls.csv --audio /data/labelled --model-type cnn8 --out models/cnn8 --hnm 1 --seed 3",
         help="train one of the six models on annotated recordings",
         description="Train a model on annotated recordings (the seed's .npz: train_/test_ files, "
         "durations, positions, classes; or a CSV of calls with file, position, class, duration[, split]). "
@@ -382,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="tune",
+        epilog="Examples:\n  batml tune sim/annotations.npz --audio sim --model-type hybrid_cnn_xgboost --out tuning --budget 2h\n  batml train sim/annotations.npz --audio sim --out models/tuned --params tuning/best_networks.csv --xgboost-params tuning/best_xgboost.csv",
         help="search a model's hyperparameters with hyperopt (TPE); resumable",
         description="Search the hyperparameters of a model (the seed's search spaces for the CNN, "
         "ResNet and XGBoost stages) with hyperopt's TPE, training on part of the train split and "
@@ -412,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(one row per call), the seed's CSV (detections.csv: one row per call and species above its "
         "threshold), Raven Pro selection tables (OUT_DIR/raven/) and a run report (report.json, report.txt). "
         "Run the same command again after a crash or Ctrl-C: finished chunks are kept.",
-        epilog="Example: batml detect /data/night-2026-06-12 --out results/night-2026-06-12",
+        epilog="Examples:\n  batml detect /data/night-2026-06-12 --out results/night-2026-06-12\n"
+        "  batml detect /data/site01 --out results/site01 --model models/hybrid --threshold 0.8 --threshold Myosp=0.6\n"
+        "  batml detect /data/site01 --out results/site01 --cluster slurm --cluster-config cluster/slurm.yaml",
     )
     p.add_argument("source", metavar="AUDIO_DIR|CUBE", help="folder of WAV recordings (searched recursively), fsspec URL, or a cube")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (the same folder resumes the run)")
@@ -451,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="evaluate",
+        epilog="Examples:\n  batml evaluate models/hybrid sim/annotations.npz --audio sim\n  batml evaluate models/hybrid calls.csv --audio /data/labelled --json > scores.json",
         help="evaluate a model bundle on the test split of annotated recordings",
         description="Detection AP (area under the precision-recall curve), per-class AP and mAP, the "
         "seed's precision/recall/F1 at the tuned thresholds (calls matched within 10 ms), and "

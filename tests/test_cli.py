@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -29,6 +30,21 @@ def test_every_command_has_complete_help(capsys):
     for command, sub in build_parser()._subparsers._group_actions[0].choices.items():
         for action in sub._actions:
             assert action.help, (command, action.dest)
+
+
+def test_every_command_gives_examples_that_parse():
+    """Each subcommand's help ends with examples, one per line, that its own parser accepts."""
+    parser = build_parser()
+    for command, sub in parser._subparsers._group_actions[0].choices.items():
+        assert sub.epilog and sub.epilog.startswith("Examples:"), command
+        lines = [line.strip() for line in sub.epilog.splitlines()[1:]]
+        assert lines and all(line.startswith("batml ") for line in lines), command
+        assert any(line.split()[1] == command for line in lines), command
+        for line in lines:
+            argv = shlex.split(line, comments=True)[1:]
+            argv = argv[: argv.index(">")] if ">" in argv else argv
+            parser.parse_args(argv)  # exits (code 2) on an example that does not parse
+        assert "\n  batml " in sub.format_help(), command  # kept one per line, indented
 
 
 def test_console_script_runs():
