@@ -3,12 +3,15 @@
 import os
 from pathlib import Path
 
+import dask.config
 import fsspec
 import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
+import pipeline.distributed  # noqa: F401  (batml's dask defaults)
 from pipeline.config import SpectrogramSettings
 from pipeline.io.archive import (
     MANIFEST_COLUMNS,
@@ -126,6 +129,44 @@ def test_distributed_manifest_equals_the_plain_one(corpus):
         single = build_manifest(paths, client=client, batch_size=len(paths))
     pd.testing.assert_frame_equal(batched, plain)
     pd.testing.assert_frame_equal(single, plain)
+
+
+class _ManifestTasks(SchedulerPlugin):
+    """Counts the manifest tasks the scheduler sees, and the most it holds (not released) at once."""
+
+    name = "test-manifest-tasks"
+
+    def __init__(self):
+        self.seen, self.held, self.peak = set(), set(), 0
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if not str(key).startswith("_manifest_table"):
+            return
+        if finish in ("released", "forgotten"):
+            self.held.discard(key)
+        else:
+            self.seen.add(key)
+            self.held.add(key)
+            self.peak = max(self.peak, len(self.held))
+
+
+def test_distributed_manifest_holds_a_bounded_number_of_batch_tasks(tmp_path, client):
+    paths = [str(write_tone(tmp_path / f"f{i:03d}.wav", 8000, 0.01, 1000.0)) for i in range(200)]
+    client.register_plugin(_ManifestTasks())
+    try:
+        df = build_manifest(paths, client=client, batch_size=4)
+        seen, peak = client.run_on_scheduler(
+            lambda dask_scheduler: (len(dask_scheduler.plugins[_ManifestTasks.name].seen),
+                                    dask_scheduler.plugins[_ManifestTasks.name].peak)
+        )  # fmt: skip
+    finally:
+        client.unregister_scheduler_plugin(_ManifestTasks.name)
+    pd.testing.assert_frame_equal(df, build_manifest(paths))
+    assert seen == 50  # one task per batch of 4 files, never one per file
+    # A few batches per worker thread at a time, not the archive (a released batch may reach
+    # the scheduler just after the next one is submitted, hence the slack of 2).
+    in_flight = sum(client.nthreads().values()) * dask.config.get("batml.tasks_per_thread") + 2
+    assert peak <= in_flight + 2 < seen
 
 
 def test_discover_finds_recordings_recursively_in_any_case_and_sorted(corpus):

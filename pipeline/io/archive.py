@@ -170,7 +170,10 @@ def build_manifest(
     client
         A ``dask.distributed.Client``: headers are then read on its workers,
         ``batch_size`` files per task, so that a million files make a few thousand
-        tasks. Without one, a plain loop.
+        tasks, of which only a few per worker thread are submitted at once (and each
+        batch's table is fetched and released as soon as it is done), so that neither
+        the scheduler nor the workers hold more as the archive grows. Without one, a
+        plain loop.
     batch_size
         Files per task with a client.
     progress
@@ -185,9 +188,11 @@ def build_manifest(
     options = {"time_expansion": time_expansion, "settings": settings, "filesystem": filesystem}
     if client is None:
         rows = [manifest_row(path, **options) for path in tqdm(paths, desc="manifest", unit="file", disable=not progress)]
+        table = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     else:
-        rows = _distributed_rows(client, paths, batch_size, progress, options)
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype(_MANIFEST_DTYPES)
+        tables = _distributed_tables(client, paths, batch_size, progress, options)
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame([], columns=MANIFEST_COLUMNS)
+    return table.astype(_MANIFEST_DTYPES)
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -327,22 +332,42 @@ def _unreadable_row(path: str, reason: str, filesystem: AbstractFileSystem | Non
     }
 
 
-def _manifest_rows(paths: Sequence[str], **options: Any) -> list[dict[str, Any]]:
-    """The manifest rows of one batch of recordings (one dask task)."""
-    return [manifest_row(path, **options) for path in paths]
+def _manifest_table(paths: Sequence[str], **options: Any) -> pd.DataFrame:
+    """The manifest rows of one batch of recordings (one dask task), as a table."""
+    return pd.DataFrame([manifest_row(path, **options) for path in paths], columns=MANIFEST_COLUMNS)
 
 
-def _distributed_rows(
+def _distributed_tables(
     client: Client, paths: list[str], batch_size: int, progress: bool, options: dict[str, Any]
-) -> list[dict[str, Any]]:
+) -> list[pd.DataFrame]:
+    """The tables of the batches of ``paths``, in order; a bounded number of tasks in flight."""
     # Imported here so that using archives without a cluster does not import distributed.
+    import dask.config
     from distributed import as_completed
 
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    futures = client.map(_manifest_rows, batches, pure=False, **options)
-    if progress:
-        sizes = {future.key: len(batch) for future, batch in zip(futures, batches)}
-        with tqdm(total=len(paths), desc="manifest", unit="file") as bar:
-            for future in as_completed(futures):
-                bar.update(sizes[future.key])
-    return [row for batch in client.gather(futures) for row in batch]
+    from pipeline.distributed import worker_threads
+
+    starts = range(0, len(paths), max(int(batch_size), 1))
+    queue = iter(starts)
+    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
+    tables: dict[int, pd.DataFrame] = {}
+    running = as_completed()
+
+    def submit_next() -> None:
+        start = next(queue, None)
+        if start is not None:
+            batch = paths[start : start + batch_size]
+            future = client.submit(_manifest_table, batch, pure=False, **options)
+            future.batch_start = start
+            running.add(future)
+
+    for _ in range(in_flight):
+        submit_next()
+    with tqdm(total=len(paths), desc="manifest", unit="file", disable=not progress) as bar:
+        for future in running:
+            table = future.result()
+            future.release()
+            tables[future.batch_start] = table
+            bar.update(len(table))
+            submit_next()
+    return [tables[start] for start in starts]
