@@ -1,0 +1,742 @@
+"""Plots for exploring a detection run: a spectrogram with its detections, precision-recall
+curves, activity per hour of night or per site, confusion between species.
+
+Every plot is a function that returns a :class:`matplotlib.figure.Figure` built without
+:mod:`matplotlib.pyplot`'s global state (no figure is kept alive behind the caller's back,
+so plotting in a loop leaks nothing, and it works headless). Give ``ax`` to draw into axes
+of your own. In Jupyter the returned figure is shown as the cell's value::
+
+    import pipeline
+    from pipeline import plot
+    cube = pipeline.open_cube("results/night/cube.zarr")
+    calls = pipeline.read_detections("results/night")
+    plot.spectrogram(cube, "site01/20260612_213015.wav", 1.0, 3.0, detections=calls)
+    plot.activity(calls, by="hour", timestamps=cube)
+
+The tables are those of the rest of batml: *detections* as
+:func:`pipeline.io.detections.read_detections` returns them (``file``, ``channel``, ``time``,
+``class``, ``probability``, ``score``, ``prob_<class>``), *calls* as
+:func:`pipeline.io.annotations.read_calls_csv` returns them (``file``, ``position``, ``class``
+1..K). The scores come from :mod:`pipeline.evaluate`, never recomputed here.
+
+**Which species a call is.** A call is multi-label: it counts for every species whose
+probability reaches ``min_probability``. The calls kept are then exactly those whose
+``probability`` (their most probable class's) reaches it, as
+``read_detections(min_probability=...)`` keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import uuid
+from datetime import datetime
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from pipeline.evaluate import (
+    DEFAULT_TOLERANCE,
+    class_average_precision,
+    detection_average_precision,
+    event_labels,
+    match_detections,
+    probability_column,
+)
+
+if "IPython" in sys.modules:  # pragma: no cover - only inside Jupyter/IPython
+    # Loading pyplot loads the notebook's backend, which registers how figures are shown.
+    import matplotlib.pyplot  # noqa: F401
+
+#: Colour of each of the seven groups (tab10, stable whatever the groups plotted).
+SPECIES_COLOURS = {
+    "Barbarg": "tab:blue", "Envsp": "tab:orange", "Myosp": "tab:green", "Pip35": "tab:red",
+    "Pip50": "tab:purple", "Plesp": "tab:brown", "Rhisp": "tab:pink",
+}  # fmt: skip
+#: Label of the column of calls no detection found, in :func:`confusion_counts`.
+MISSED = "missed"
+#: Label of the site of a file directly in the archive's top folder, in :func:`activity_counts`.
+TOP_FOLDER = "(top folder)"
+
+_NAME_TIMESTAMP = re.compile(r"(?<!\d)(\d{8})[_T-]?(\d{6})(?!\d)")
+
+
+class PlotError(ValueError):
+    """Inputs a plot cannot be drawn from; the message is one line for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _figure_and_axes(ax, **figure_options):
+    """``(figure, ax)``: the given axes and their figure, or a new figure with one axes."""
+    if ax is not None:
+        return ax.figure, ax
+    figure = Figure(**figure_options)
+    return figure, figure.add_subplot()
+
+
+def _colour(name: str, k: int) -> str:
+    return SPECIES_COLOURS.get(name, f"C{k % 10}")
+
+
+def _classes_of(detections: pd.DataFrame) -> list[str]:
+    return [c[len("prob_") :] for c in detections.columns if str(c).startswith("prob_")]
+
+
+def _detections_table(detections, *, min_probability=None) -> pd.DataFrame:
+    """A detections DataFrame, or read one from a run's output folder."""
+    if isinstance(detections, pd.DataFrame):
+        return detections
+    from pipeline.io.detections import read_detections
+
+    return read_detections(detections, min_probability=min_probability)
+
+
+def species_reached(detections: pd.DataFrame, min_probability: float, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Which species each call is: a boolean table, one column per class.
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        Detected calls with ``prob_<class>`` columns.
+    min_probability : float
+        A call is of every species whose probability reaches this value.
+    classes : sequence of str, optional
+        The classes (default: those of the ``prob_`` columns, in order).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index as ``detections``, one boolean column per class.
+
+    Examples
+    --------
+    >>> calls = pd.DataFrame({"prob_Pip35": [0.9, 0.2], "prob_Myosp": [0.6, 0.1]})
+    >>> species_reached(calls, 0.5).sum().to_dict()
+    {'Pip35': 1, 'Myosp': 1}
+    """
+    classes = list(classes) if classes is not None else _classes_of(detections)
+    return pd.DataFrame(
+        {c: detections[probability_column(c)].to_numpy(np.float64) >= float(min_probability) for c in classes},
+        index=detections.index,
+    )
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write a figure to a file atomically (a temporary name, then renamed).
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+    path : str or os.PathLike
+        The file; its suffix says the format (``.png``, ``.pdf``, ``.svg``...).
+    dpi : int
+        Dots per inch of a raster format: a 10 x 6 inch figure at 100 dpi is 1000 x 600 pixels.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Examples
+    --------
+    >>> save_figure(activity(calls), "activity.png")   # doctest: +SKIP
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    supported = figure.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise PlotError(f"{path}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        figure.savefig(tmp, format=fmt, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Spectrogram of a recording with its detections
+# --------------------------------------------------------------------------------------------
+
+
+def _open(cube):
+    if isinstance(cube, (str, os.PathLike)):
+        from pipeline.io.cube import open_cube
+
+        return open_cube(cube)
+    return cube
+
+
+def _cube_settings(cube):
+    from pipeline.config import SpectrogramSettings
+
+    return SpectrogramSettings.from_dict(json.loads(cube.attrs["spectrogram_settings"]), source="cube")
+
+
+def _column_range(n_columns: int, step: float, begin: float | None, end: float | None) -> tuple[int, int]:
+    """The columns whose start lies in ``[begin, end)`` s (column ``c`` starts at ``c * step``)."""
+    lo = 0 if begin is None else int(np.clip(math.ceil(float(begin) / step - 1e-9), 0, n_columns))
+    hi = n_columns if end is None else int(np.clip(math.ceil(float(end) / step - 1e-9), lo, n_columns))
+    return lo, hi
+
+
+def _recording_detections(detections, path: str, channel: int, begin: float, end: float, min_probability: float):
+    table = _detections_table(detections, min_probability=min_probability)
+    keep = (
+        (table["file"].astype(str) == path)
+        & (table["channel"].to_numpy() == channel)
+        & (table["time"].to_numpy() >= begin)
+        & (table["time"].to_numpy() < end)
+        & (table["probability"].to_numpy(np.float64) >= float(min_probability))
+    )
+    return table[keep]
+
+
+def _predictor_and_classes(model, fingerprint: str):
+    from pipeline.model.bundle import ModelBundle, load_bundle
+    from pipeline.train import Predictor
+
+    bundle = model if isinstance(model, ModelBundle) else load_bundle(model, expect_fingerprint=fingerprint)
+    if bundle.fingerprint != fingerprint:
+        raise PlotError(f"{bundle.path}: the model expects spectrogram settings {bundle.fingerprint}, the cube has {fingerprint}")
+    return Predictor.from_bundle(bundle), bundle.classes, bundle.thresholds
+
+
+def _draw_probabilities(ax, times, probs, classes, thresholds):
+    ax.plot(times, 1.0 - probs[:, 0], color="black", linewidth=1.5, label="call")
+    for k, name in enumerate(classes):
+        ax.plot(times, probs[:, k + 1], color=_colour(name, k), linewidth=1.0, label=name)
+    ax.axhline(thresholds.get("detection", 0.5), color="grey", linestyle=":", linewidth=1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("probability")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
+
+
+def spectrogram(
+    cube,
+    recording: int | str,
+    begin: float | None = None,
+    end: float | None = None,
+    *,
+    channel: int | None = None,
+    detections=None,
+    min_probability: float = 0.5,
+    model=None,
+    axes=None,
+    figsize: tuple[float, float] = (12.0, 5.0),
+) -> Figure:
+    """The spectrogram of part of one recording, its detected calls boxed and labelled.
+
+    Only the columns of ``[begin, end)`` are read from the cube.
+
+    Parameters
+    ----------
+    cube : xarray.Dataset or path
+        A spectrogram cube (:func:`pipeline.open_cube`), or its path.
+    recording : int or str
+        The recording: its index, its path, or the end of its path (``"site01/x.wav"``).
+    begin, end : float, optional
+        The time range (real seconds from the start of the recording); default: all of it.
+    channel : int, optional
+        The channel, for a multichannel file analysed channel by channel.
+    detections : pandas.DataFrame or path, optional
+        Detected calls (:func:`pipeline.read_detections`) or a run's output folder. Each call
+        of this recording in the range whose probability reaches ``min_probability`` is a box
+        as long as a model window, labelled with every species that reaches it and its
+        probability.
+    min_probability : float
+        See ``detections``.
+    model : path or ModelBundle, optional
+        A model bundle (:func:`pipeline.open_model`): a second panel shows its probabilities
+        of a call and of each class for the window starting at every column (every window
+        scored; the dotted line is the model's detection threshold).
+    axes : matplotlib Axes or sequence of two, optional
+        Where to draw: one axes, or two (spectrogram, probabilities) with ``model``.
+    figsize : (float, float)
+        Size in inches of a new figure (100 pixels per inch when saved by :func:`save_figure`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> cube = pipeline.open_cube("results/night/cube.zarr")                  # doctest: +SKIP
+    >>> spectrogram(cube, "site01/20260612_213015.wav", 1.0, 2.5,
+    ...             detections="results/night", model=pipeline.open_model())   # doctest: +SKIP
+    """
+    from pipeline.detect import WINDOW_COLUMNS, column_probabilities
+    from pipeline.detect_archive import window_seconds
+
+    cube = _open(cube)
+    try:
+        r = cube.batml.recording_index(recording, channel)
+    except KeyError as exc:
+        raise PlotError(str(exc.args[0])) from None
+    settings = _cube_settings(cube)
+    path, ch = str(cube["path"].values[r]), int(cube["channel"].values[r])
+    start, n_columns = int(cube["start"].values[r]), int(cube["n_columns"].values[r])
+    step = settings.column_step_s(float(cube["real_rate"].values[r]))
+    lo, hi = _column_range(n_columns, step, begin, end)
+    if hi <= lo:
+        raise PlotError(f"{path}: no column in {begin}..{end} s (the recording lasts {n_columns * step:.3f} s)")
+    stop = min(hi + WINDOW_COLUMNS - 1, n_columns) if model is not None else hi
+    columns = cube["spectrogram"].isel(time=slice(start + lo, start + stop)).values.astype(np.float32)
+    times = cube["offset"].isel(time=slice(start + lo, start + hi)).values
+
+    n_panels = 2 if model is not None else 1
+    if axes is None:
+        figure = Figure(figsize=figsize, layout="constrained")
+        axes = figure.subplots(n_panels, 1, sharex=True, squeeze=False, height_ratios=[3, 1.4][:n_panels])[:, 0]
+    else:
+        axes = np.atleast_1d(axes)
+        figure = axes[0].figure
+    ax = axes[0]
+    frequencies_khz = np.asarray(cube["frequency"].values) / 1000.0
+    half_row = (frequencies_khz[1] - frequencies_khz[0]) / 2 if len(frequencies_khz) > 1 else 0.5
+    low, high = frequencies_khz[0] - half_row, frequencies_khz[-1] + half_row
+    ax.imshow(
+        columns[: hi - lo].T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
+        extent=(times[0], times[-1] + step, low, high),
+    )  # fmt: skip
+    ax.set_ylabel("frequency (kHz)")
+    label = path if ch == 0 else f"{path} (channel {'mix' if ch < 0 else ch})"
+    ax.set_title(f"{label}, {times[0]:.3f}-{times[-1] + step:.3f} s", fontsize="medium", loc="left")
+    if detections is not None:
+        calls = _recording_detections(detections, path, ch, times[0], times[-1] + step, min_probability)
+        _draw_boxes(ax, calls, min_probability, window_seconds(settings), low, high)
+    if model is not None:
+        predict, classes, thresholds = _predictor_and_classes(model, cube.attrs["fingerprint"])
+        probs = column_probabilities(predict, columns)[: hi - lo]
+        _draw_probabilities(axes[1], times, probs, classes, thresholds)
+    axes[-1].set_xlabel("time in the recording (s)")
+    ax.set_xlim(times[0], times[-1] + step)
+    return figure
+
+
+def _draw_boxes(ax, calls: pd.DataFrame, min_probability: float, duration: float, low: float, high: float) -> None:
+    reached = species_reached(calls, min_probability)
+    classes = list(reached.columns)
+    for i, (time, row) in enumerate(zip(calls["time"].to_numpy(np.float64), reached.to_numpy())):
+        names = [c for c, yes in zip(classes, row) if yes]
+        top = calls["class"].iat[i]
+        colour = _colour(top, classes.index(top) if top in classes else 0)
+        ax.add_patch(Rectangle((time, low), duration, high - low, fill=False, edgecolor=colour, linewidth=1.2))
+        text = "\n".join(f"{c} {float(calls[probability_column(c)].iat[i]):.2f}" for c in names)
+        ax.text(time, high, text, color=colour, fontsize="x-small", va="top", ha="left", clip_on=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision-recall curves and confusion, against annotated calls
+# --------------------------------------------------------------------------------------------
+
+
+def _without_extension(path: str) -> tuple[str, ...]:
+    return PurePosixPath(str(PurePosixPath(str(path).replace("\\", "/")).with_suffix(""))).parts
+
+
+def align_recordings(calls: pd.DataFrame, detections: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Give annotated calls and detected calls the same ``recording`` names.
+
+    Parameters
+    ----------
+    calls : pandas.DataFrame
+        Annotated calls: ``file`` (the recording's name without extension, possibly with
+        folders, as in a CSV of calls), ``position``, ``class``; or already ``recording``.
+    detections : pandas.DataFrame
+        Detected calls: ``file`` (the path as the cube stores it) and ``channel``; or
+        already ``recording``.
+
+    Returns
+    -------
+    (calls, detections)
+        Copies with a ``recording`` column, what :mod:`pipeline.evaluate` reads. A detected
+        file takes the name of the annotated recording whose name ends its path (without
+        extension, whole folder names); a file of several channels is scored on its first.
+        Detections of files not annotated keep their path (they count as false positives),
+        and annotated recordings without detections keep their name (their calls are misses).
+    """
+    calls, detections = calls.copy(), detections.copy()
+    if "recording" not in calls.columns:
+        calls["recording"] = calls["file"].astype(str)
+    if "recording" in detections.columns:
+        return calls, detections
+    if "channel" in detections.columns and len(detections):
+        first = detections.groupby("file")["channel"].transform("min")
+        detections = detections[detections["channel"] == first]
+    names = {_without_extension(n): n for n in calls["recording"].unique()}
+    longest = max((len(k) for k in names), default=0)
+
+    def name_of(path: str) -> str:
+        parts = _without_extension(path)
+        for k in range(min(longest, len(parts)), 0, -1):
+            if parts[-k:] in names:
+                return names[parts[-k:]]
+        return path
+
+    detections["recording"] = detections["file"].astype(str).map({p: name_of(p) for p in detections["file"].unique()})
+    return calls, detections
+
+
+def precision_recall(
+    calls: pd.DataFrame,
+    detections,
+    classes: Sequence[str] | None = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    ax=None,
+    figsize: tuple[float, float] = (7.0, 6.0),
+) -> Figure:
+    """Precision-recall curves of the detection and of every class, their AP in the legend.
+
+    Parameters
+    ----------
+    calls : pandas.DataFrame
+        Annotated calls (:func:`pipeline.io.annotations.read_calls_csv`): ``file`` or
+        ``recording``, ``position``, ``class`` (1..K).
+    detections : pandas.DataFrame or path
+        Detected calls (:func:`pipeline.read_detections`), or a run's output folder; every
+        detected call is ranked, whatever the thresholds.
+    classes : sequence of str, optional
+        The class names, class ``k`` of ``calls`` being ``classes[k - 1]``; default: those of
+        the ``prob_`` columns.
+    tolerance : float
+        Matching tolerance (s), :func:`pipeline.evaluate.match_detections`.
+    ax : matplotlib Axes, optional
+    figsize : (float, float)
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One curve for the detection (black, :func:`pipeline.evaluate.detection_average_precision`)
+        and one per class with at least one annotated call
+        (:func:`pipeline.evaluate.class_average_precision`).
+
+    Examples
+    --------
+    >>> calls = read_calls_csv("sim/annotations.csv")                          # doctest: +SKIP
+    >>> precision_recall(calls, "results/sim")                                # doctest: +SKIP
+    """
+    detections = _detections_table(detections)
+    classes = list(classes) if classes is not None else _classes_of(detections)
+    calls, detections = align_recordings(calls, detections)
+    matches = match_detections(calls, detections, tolerance)
+    detection = detection_average_precision(calls, detections, tolerance, matches)
+    per_class = class_average_precision(calls, detections, classes, tolerance, matches)
+    figure, ax = _figure_and_axes(ax, figsize=figsize, layout="constrained")
+    _draw_curve(ax, detection, f"detection (AP {detection.average_precision:.3f})", "black", 2.0)
+    for k, (name, curve) in enumerate(per_class.per_class.items()):
+        if curve.n_positives > 0:
+            _draw_curve(ax, curve, f"{name} (AP {curve.average_precision:.3f}, {curve.n_positives} calls)", _colour(name, k), 1.2)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02))
+    ax.set_title(f"{detection.n_positives} annotated call moments, mAP {per_class.mean_average_precision:.3f}", fontsize="medium")
+    ax.legend(loc="lower left", fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def _draw_curve(ax, curve, label: str, colour: str, width: float) -> None:
+    """The curve as the AP counts it: precision ``P_n`` over the recall ``(R_{n-1}, R_n]``."""
+    recall = np.concatenate([[0.0], curve.recall])
+    precision = np.concatenate([[curve.precision[0] if len(curve.precision) else 0.0], curve.precision])
+    ax.plot(recall, precision, drawstyle="steps-pre", color=colour, linewidth=width, label=label)
+
+
+def confusion_counts(
+    calls: pd.DataFrame,
+    detections,
+    classes: Sequence[str] | None = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_score: float | None = None,
+) -> pd.DataFrame:
+    """How each annotated call was classified: true species against the detected top species.
+
+    Parameters
+    ----------
+    calls, detections, classes, tolerance
+        As :func:`precision_recall`.
+    min_score : float, optional
+        Only detections whose ``score`` reaches this value count (default: all of the table,
+        which a run already cut at its detection threshold).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Integer counts; index the true species (``classes``), columns ``classes`` then
+        :data:`MISSED`. Each annotated call counts once: under the most probable class of the
+        detection matched to its moment (:func:`pipeline.evaluate.match_detections`, one
+        detection per moment), or as missed. Two species calling at one moment are two calls
+        of one moment, both under that detection's class.
+    """
+    detections = _detections_table(detections)
+    classes = list(classes) if classes is not None else _classes_of(detections)
+    if min_score is not None:
+        detections = detections[detections["score"].to_numpy(np.float64) >= float(min_score)]
+    calls, detections = align_recordings(calls, detections)
+    matches = match_detections(calls, detections, tolerance)
+    labels = event_labels(calls, len(classes))  # (events, K): the classes at each moment
+    probs = detections[[probability_column(c) for c in classes]].to_numpy(np.float64)
+    predicted = np.full(len(labels), len(classes))  # column "missed" unless matched
+    found = matches >= 0
+    if found.any():
+        predicted[matches[found]] = np.argmax(probs[found], axis=1)
+    counts = np.zeros((len(classes), len(classes) + 1), dtype=np.int64)
+    # One count per call: a moment with two species holds two calls, one per true class.
+    event, true = np.nonzero(labels)
+    np.add.at(counts, (true, predicted[event]), 1)
+    return pd.DataFrame(counts, index=pd.Index(classes, name="true"), columns=pd.Index([*classes, MISSED], name="predicted"))
+
+
+def confusion(
+    calls: pd.DataFrame,
+    detections,
+    classes: Sequence[str] | None = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_score: float | None = None,
+    ax=None,
+    figsize: tuple[float, float] = (7.5, 6.0),
+) -> Figure:
+    """A heat map of :func:`confusion_counts`: each cell's count written in it, its colour the
+    share of its row (so that rare species read as well as common ones).
+
+    Parameters
+    ----------
+    calls, detections, classes, tolerance, min_score
+        As :func:`confusion_counts`.
+    ax : matplotlib Axes, optional
+    figsize : (float, float)
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> confusion(read_calls_csv("sim/annotations.csv"), "results/sim")        # doctest: +SKIP
+    """
+    counts = confusion_counts(calls, detections, classes, tolerance=tolerance, min_score=min_score)
+    share = counts.to_numpy(np.float64) / np.maximum(counts.sum(axis=1).to_numpy(np.float64), 1)[:, None]
+    figure, ax = _figure_and_axes(ax, figsize=figsize, layout="constrained")
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts.to_numpy()):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize="small", color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(counts.shape[1]), counts.columns, rotation=45, ha="right")
+    ax.set_yticks(range(counts.shape[0]), counts.index)
+    ax.set(xlabel="detected as (most probable class)", ylabel="annotated species")
+    n_calls, n_missed = int(counts.to_numpy().sum()), int(counts[MISSED].sum())
+    ax.set_title(f"{n_calls} annotated calls, {n_missed} missed", fontsize="medium")
+    figure.colorbar(image, ax=ax, label="share of the row")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Activity: calls per species per hour of night or per site
+# --------------------------------------------------------------------------------------------
+
+
+def timestamp_from_name(path: str) -> pd.Timestamp | None:
+    """The time a recording starts from its file name (``..._YYYYMMDD_HHMMSS...``), or None.
+
+    Examples
+    --------
+    >>> timestamp_from_name("site01/20260612_213015.wav")
+    Timestamp('2026-06-12 21:30:15')
+    >>> timestamp_from_name("noise.wav") is None
+    True
+    """
+    match = _NAME_TIMESTAMP.search(PurePosixPath(str(path).replace("\\", "/")).name)
+    if match is None:
+        return None
+    try:
+        return pd.Timestamp(datetime.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S"))
+    except ValueError:
+        return None
+
+
+def _clock_time(value) -> pd.Timestamp | None:
+    """A time stamp as the recorder's wall clock (time zone dropped), or None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return None
+    if pd.isna(stamp):
+        return None
+    return stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+def _by_path(mapping: Mapping, path: str):
+    if path in mapping:
+        return mapping[path]
+    for key, value in mapping.items():  # a key that is the end of the path: "site01/x.wav"
+        if path.endswith("/" + str(key).lstrip("/")):
+            return value
+    return None
+
+
+def recording_timestamps(files: Sequence[str], timestamps=None) -> pd.Series:
+    """When each file starts, on the recorder's clock.
+
+    Parameters
+    ----------
+    files : sequence of str
+        Paths of recordings (as in the detections' ``file``).
+    timestamps : mapping, pandas.Series, xarray.Dataset or path, optional
+        Where the times come from: a mapping of path (or end of path) to time stamp (ISO
+        8601 text or datetime), or a cube (its manifest's GUANO ``timestamp``) or the path
+        of one. A file it has no time for falls back to its name (:func:`timestamp_from_name`).
+
+    Returns
+    -------
+    pandas.Series
+        Index ``files`` (distinct), values ``datetime64`` (NaT where no time is known).
+    """
+    files = list(dict.fromkeys(str(f) for f in files))
+    if isinstance(timestamps, (str, os.PathLike)) or hasattr(timestamps, "batml"):
+        manifest = _open(timestamps).batml.manifest
+        timestamps = dict(zip(manifest["path"].astype(str), manifest["timestamp"]))
+    mapping = dict(timestamps.items()) if timestamps is not None else {}
+    values = []
+    for path in files:
+        stamp = _clock_time(_by_path(mapping, path)) if mapping else None
+        values.append(stamp if stamp is not None else timestamp_from_name(path))
+    return pd.Series(pd.to_datetime(values), index=pd.Index(files, name="file"), name="timestamp", dtype="datetime64[ns]")
+
+
+def night_hour(times: pd.Series) -> pd.Series:
+    """Hour of night of each time: the clock hour, counted from noon so that a night is in
+    order (``12 .. 23, 0 .. 11`` become ``0 .. 23``); NaN where the time is unknown."""
+    return (pd.to_datetime(times).dt.hour - 12) % 24
+
+
+def site_of(paths: Sequence[str]) -> pd.Series:
+    """The site of each file: the first folder of its path below the folder all paths share.
+
+    Examples
+    --------
+    >>> site_of(["/data/site01/a.wav", "/data/site02/n1/b.wav", "/data/c.wav"]).tolist()
+    ['site01', 'site02', '(top folder)']
+    """
+    paths = [str(p) for p in paths]
+    parts = [[p for p in path.replace("\\", "/").split("/") if p] for path in paths]
+    common = 0
+    folders = [p[:-1] for p in parts]
+    if folders:
+        common = min(len(f) for f in folders)
+        for k in range(common):
+            if len({f[k] for f in folders}) > 1:
+                common = k
+                break
+    return pd.Series([p[common] if len(p) - 1 > common else TOP_FOLDER for p in parts], index=paths, name="site")
+
+
+def activity_counts(detections, *, by: str = "hour", min_probability: float = 0.5, timestamps=None) -> pd.DataFrame:
+    """Calls per species per hour of night or per site.
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame or path
+        Detected calls (:func:`pipeline.read_detections`) or a run's output folder.
+    by : {"hour", "site"}
+        ``"hour"``: the clock hour at which each call was made (the recording's start plus
+        the call's time), in the order of a night (noon to noon); ``"site"``: the first
+        folder of each file's path below the folder all files share (:func:`site_of`).
+    min_probability : float
+        A call counts for every species whose probability reaches it.
+    timestamps : mapping, xarray.Dataset or path, optional
+        For ``by="hour"``: when each recording starts (:func:`recording_timestamps`;
+        default: from the file names).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Counts (int), one row per hour (``"21:00"``...) or site, one column per class.
+        ``attrs["left_out"]`` is the number of calls left out for want of a time stamp.
+    """
+    if by not in ("hour", "site"):
+        raise PlotError(f"by={by!r}: choose 'hour' or 'site'")
+    table = _detections_table(detections, min_probability=min_probability)
+    classes = _classes_of(table)
+    table = table[table["probability"].to_numpy(np.float64) >= float(min_probability)]
+    reached = species_reached(table, min_probability, classes).astype(np.int64)
+    left_out = 0
+    if by == "site":
+        key = table["file"].astype(str).map(site_of(table["file"].astype(str).unique()))
+        counts = reached.groupby(key.to_numpy()).sum()
+    else:
+        starts = recording_timestamps(table["file"].astype(str), timestamps)
+        start = table["file"].astype(str).map(starts)
+        known = start.notna().to_numpy()
+        left_out = int((~known).sum())
+        when = start[known] + pd.to_timedelta(table["time"].to_numpy(np.float64)[known], unit="s")
+        hours = night_hour(when).to_numpy()
+        counts = reached[known].groupby(hours).sum().reindex(range(int(hours.min()), int(hours.max()) + 1) if len(hours) else [], fill_value=0)
+        counts.index = [f"{(h + 12) % 24:02d}:00" for h in counts.index]
+    counts = counts.reindex(columns=classes, fill_value=0).astype(np.int64)
+    counts.index.name = by
+    counts.attrs["left_out"] = left_out
+    return counts
+
+
+def activity(
+    detections,
+    *,
+    by: str = "hour",
+    min_probability: float = 0.5,
+    timestamps=None,
+    ax=None,
+    figsize: tuple[float, float] = (10.0, 5.0),
+) -> Figure:
+    """Bars of calls per species, stacked, per hour of night or per site.
+
+    Parameters
+    ----------
+    detections, by, min_probability, timestamps
+        As :func:`activity_counts`.
+    ax : matplotlib Axes, optional
+    figsize : (float, float)
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One bar series (and legend entry) per species with at least one call.
+
+    Examples
+    --------
+    >>> calls = pipeline.read_detections("results/night")                      # doctest: +SKIP
+    >>> activity(calls, by="hour", timestamps="results/night/cube.zarr")       # doctest: +SKIP
+    """
+    counts = activity_counts(detections, by=by, min_probability=min_probability, timestamps=timestamps)
+    figure, ax = _figure_and_axes(ax, figsize=figsize, layout="constrained")
+    bottom = np.zeros(len(counts))
+    positions = np.arange(len(counts))
+    for k, name in enumerate(counts.columns):
+        values = counts[name].to_numpy()
+        if values.sum() == 0:
+            continue
+        ax.bar(positions, values, bottom=bottom, color=_colour(name, k), label=name, width=0.8)
+        bottom += values
+    ax.set_xticks(positions, counts.index, rotation=45 if by == "site" else 0, ha="right" if by == "site" else "center")
+    ax.set(xlabel="hour of night (start of the hour)" if by == "hour" else "site", ylabel="calls")
+    title = f"{int(counts.to_numpy().sum())} species calls (probability >= {min_probability:g})"
+    if counts.attrs["left_out"]:
+        title += f"; {counts.attrs['left_out']} calls of recordings without a time stamp left out"
+    ax.set_title(title, fontsize="medium")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
+    return figure
