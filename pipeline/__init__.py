@@ -8,6 +8,11 @@ The import name is ``pipeline``; the console command is ``batml``. The main entr
     ingest("sim", "sim.zarr")                         # its spectrogram cube, built with Dask
     cube = pipeline.open_cube("sim.zarr")             # lazy xarray Dataset
     cube.batml.recording("site01/20260612_213015.wav")
+    model = pipeline.open_model()                     # a model bundle (default: the bundled one)
+    calls = pipeline.read_detections("results/night") # detected calls, pandas (open_detections: Dask)
+    calls.batml.species("Pip35", min_probability=0.8)
+    from pipeline import plot                         # matplotlib figures (pip install 'batml[plot]')
+    plot.spectrogram(cube, "site01/20260612_213015.wav", 1.0, 2.5, detections=calls, model=model)
 """
 
 from importlib import import_module
@@ -17,6 +22,9 @@ from pipeline._version import __version__
 _API = {
     "simulate_archive": "pipeline.simulate",
     "open_cube": "pipeline.io.cube",
+    "open_model": "pipeline.model.bundle",
+    "read_detections": "pipeline.io.detections",
+    "open_detections": "pipeline.io.detections",
     "Settings": "pipeline.config",
     "SpectrogramSettings": "pipeline.config",
     "IngestSettings": "pipeline.config",

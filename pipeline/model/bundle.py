@@ -63,6 +63,9 @@ FORMAT_NAME = "batml-model-bundle"
 #: The manifest's file name, at the bundle's top.
 MANIFEST_NAME = "manifest.json"
 
+#: The bundled default model (a ``hybrid_cnn_xgboost``), what :func:`open_model` opens by default.
+DEFAULT_BUNDLE = Path(__file__).with_name("default")
+
 #: The threshold key of the detection ("call" vs "not call") decision.
 DETECTION = "detection"
 
@@ -462,6 +465,20 @@ def load_bundle(path: str | os.PathLike, *, expect_fingerprint: str | None = Non
         spectrogram=spectrogram,
         manifest=manifest,
     )
+
+
+def open_model(path: str | os.PathLike | None = None, *, expect_fingerprint: str | None = None) -> ModelBundle:
+    """Open a model bundle, the bundled default model when no path is given.
+
+    :func:`load_bundle` under the name a notebook looks for (``pipeline.open_model``).
+
+    Examples
+    --------
+    >>> model = open_model()                                   # the bundled default model
+    >>> model.architecture, model.classes[:2]
+    ('hybrid_cnn_xgboost', ['Barbarg', 'Envsp'])
+    """
+    return load_bundle(DEFAULT_BUNDLE if path is None else path, expect_fingerprint=expect_fingerprint)
 
 
 def _read_manifest(path: Path) -> dict:
