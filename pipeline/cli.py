@@ -189,7 +189,7 @@ def cmd_train(args) -> int:
         progress=not args.quiet,
     )
     print(report.summary())
-    return EXIT_OK
+    return EXIT_SOME_FAILED if report.problems else EXIT_OK
 
 
 def cmd_tune(args) -> int:

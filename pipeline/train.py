@@ -72,6 +72,54 @@ def read_annotations(path: str | os.PathLike, *, trust_npz: bool = False) -> Ann
     return Annotations(out["train"], out["test"], list(SEED_SPECIES), True)
 
 
+def usable_annotations(annotations: Annotations, cube, audio_dir=None) -> tuple[Annotations, list[str]]:
+    """The annotated recordings that can be used, and one line per other one saying why.
+
+    A recording is left out when its name is absolute or holds ``..`` (it would lead outside
+    the audio folder), when no recording of the cube matches it (not found, rejected by the
+    manifest with its reason, ambiguous, failed; see :func:`pipeline.sampling.match_recordings`)
+    or, for a local ``audio_dir``, when its file is a symbolic link to a file outside
+    ``audio_dir``. Names are only ever matched against the recordings found under the audio
+    folder, never opened as paths.
+    """
+    from pipeline.sampling import match_recordings
+
+    root = _local_root(audio_dir)
+    paths = cube["path"].values
+    problems: list[str] = []
+    kept = {}
+    for split in ("train", "test"):
+        recordings = getattr(annotations, split)
+        indices, found = match_recordings(cube, [rec.file for rec in recordings])
+        problems += found
+        kept[split] = []
+        for rec, r in zip(recordings, indices):
+            if r is None:
+                continue
+            if root is not None and not _inside(str(paths[r]), root):
+                target = os.path.realpath(str(paths[r]))
+                problems.append(f"{rec.file}: refused: a link to {target}, outside the audio folder {root}")
+                continue
+            kept[split].append(rec)
+    usable = Annotations(kept["train"], kept["test"], annotations.classes, annotations.has_classes)
+    return usable, problems
+
+
+def _local_root(audio_dir) -> str | None:
+    """The real path of a local audio folder (or of a single file's folder); None for a URL."""
+    from fsspec.core import split_protocol
+
+    if audio_dir is None or split_protocol(os.fspath(audio_dir))[0] is not None:
+        return None
+    root = os.path.realpath(os.fspath(audio_dir))
+    return root if os.path.isdir(root) else os.path.dirname(root)
+
+
+def _inside(path: str, root: str) -> bool:
+    real = os.path.realpath(path)
+    return os.path.commonpath([real, root]) == root
+
+
 def calls_table(recordings, cube) -> pd.DataFrame:
     """The calls of annotated recordings as :mod:`pipeline.evaluate` reads them (``recording``
     = the cube's recording index as a string)."""
@@ -365,9 +413,39 @@ def fit_boosters(client, features, targets: np.ndarray, xgb_params: dict, seed: 
     for j, name in enumerate(booster_names(targets.shape[1])):
         label = da.from_array(targets[:, j], chunks=chunks)
         weight = da.from_array(balanced_weights(targets[:, j]), chunks=chunks)
-        matrix = dxgb.DaskDMatrix(client, features, label, weight=weight)
-        boosters[name] = dxgb.train(client, params, matrix, num_boost_round=rounds)["booster"]
+
+        def fit():
+            matrix = dxgb.DaskDMatrix(client, features, label, weight=weight)
+            return dxgb.train(client, params, matrix, num_boost_round=rounds)["booster"]
+
+        boosters[name] = retry_after_worker_loss(client, fit, what=f"XGBoost booster {name}")
     return boosters
+
+
+def retry_after_worker_loss(client, fit, *, what: str, attempts: int = 3):
+    """``fit()``, run again (up to ``attempts`` times in all) when a worker left the cluster
+    while it ran.
+
+    ``xgboost.dask`` cannot survive the loss of a worker during training ("resilience is not
+    yet supported"): its collective fails. Dask recomputes the lost partitions of the data on
+    the remaining (or restarted) workers, so training the booster again from the start gives
+    a complete booster; an error while the workers stayed the same is raised at once.
+    """
+    for attempt in range(1, attempts + 1):
+        before = set(client.scheduler_info()["workers"])
+        try:
+            return fit()
+        except Exception as exc:
+            lost = before - set(client.scheduler_info()["workers"])
+            worker_died = bool(lost) or "worker" in str(exc).lower() and "died" in str(exc).lower()
+            if not worker_died:
+                raise
+            if attempt == attempts:
+                raise TrainingError(
+                    f"{what}: a Dask worker was lost {attempts} times while training it; "
+                    "check the workers' memory and run the same command again"
+                ) from exc
+            client.wait_for_workers(1, timeout=300)
 
 
 # --- 6. detections on held-out recordings, thresholds ------------------------------------------
@@ -480,8 +558,14 @@ def train_model(
     spectrogram_settings,
     out: Path,
     progress: bool = True,
+    audio_dir: str | os.PathLike | None = None,
 ) -> TrainReport:
-    """Train, tune, evaluate and save one model from annotations and an existing cube."""
+    """Train, tune, evaluate and save one model from annotations and an existing cube.
+
+    Annotated recordings that cannot be used are left out, each with one line in
+    ``report.problems`` (see :func:`usable_annotations`; ``audio_dir``, when given, is the
+    folder no recording may lead out of through a symbolic link).
+    """
     import keras
 
     from pipeline.io.cube import open_cube
@@ -494,11 +578,12 @@ def train_model(
     classes = annotations.classes
     cube = open_cube(cube_path)
     report = TrainReport(model=out, architecture=arch.name, classes=classes)
+    annotations, report.problems = usable_annotations(annotations, cube, audio_dir)
     fit_recs, val_recs = _split_validation(annotations.train, settings.validation_fraction, settings.seed)
     sampling = SamplingSettings()
     train_samples, problems = build_samples(fit_recs, cube, len(classes), sampling, settings.seed)
     val_samples, val_problems = build_samples(val_recs, cube, len(classes), sampling, settings.seed + 1)
-    report.problems = problems + val_problems
+    report.problems += problems + val_problems
     if len(train_samples) == 0:
         raise TrainingError("no training window: no annotated recording of the dataset is in the cube")
     rows, booster_params = _params(arch, settings)
@@ -598,11 +683,20 @@ def train(
     annotations = read_annotations(dataset, trust_npz=trust_npz)
     cube = Path(cube) if cube is not None else out.with_name(out.name + ".cube.zarr")
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
-        ingest(audio_dir, cube, settings=run_settings, client=client, progress=progress)
+        _complete_cube(ingest(audio_dir, cube, settings=run_settings, client=client, progress=progress))
         return train_model(
             annotations, cube, settings, client=client, spectrogram_settings=run_settings.spectrogram,
-            out=out, progress=progress,
+            out=out, progress=progress, audio_dir=audio_dir,
         )  # fmt: skip
+
+
+def _complete_cube(report) -> None:
+    """Refuse to go on with a cube some chunks of which could not be written."""
+    if not report.complete:
+        raise TrainingError(
+            f"{report.cube}: {len(report.errors)} chunk(s) of the cube could not be written "
+            f"({report.errors[0]}); run the same command again to finish it"
+        )
 
 
 def evaluate_saved_model(
@@ -631,7 +725,9 @@ def evaluate_saved_model(
     recordings = annotations.test or annotations.train
     cube = Path(cube) if cube is not None else Path(model).with_name(Path(model).name + ".cube.zarr")
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
-        ingest(audio_dir, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=progress)
+        _complete_cube(
+            ingest(audio_dir, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=progress)
+        )
     cube_ds = open_cube(cube)
     if cube_ds.attrs["fingerprint"] != bundle.fingerprint:
         raise TrainingError(
