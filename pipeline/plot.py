@@ -280,18 +280,22 @@ def spectrogram(
     from pipeline.detect import WINDOW_COLUMNS, column_probabilities
     from pipeline.detect_archive import window_seconds
 
+    where = f"{os.fspath(cube)}: " if isinstance(cube, (str, os.PathLike)) else ""
     cube = _open(cube)
     try:
         r = cube.batml.recording_index(recording, channel)
     except KeyError as exc:
-        raise PlotError(str(exc.args[0])) from None
+        raise PlotError(f"{where}{exc.args[0]}") from None
     settings = _cube_settings(cube)
     path, ch = str(cube["path"].values[r]), int(cube["channel"].values[r])
     start, n_columns = int(cube["start"].values[r]), int(cube["n_columns"].values[r])
     step = settings.column_step_s(float(cube["real_rate"].values[r]))
     lo, hi = _column_range(n_columns, step, begin, end)
     if hi <= lo:
-        raise PlotError(f"{path}: no column in {begin}..{end} s (the recording lasts {n_columns * step:.3f} s)")
+        raise PlotError(
+            f"{path}: no column from {begin or 0:g} s to {'the end' if end is None else f'{end:g} s'} "
+            f"(the recording lasts {n_columns * step:.3f} s)"
+        )
     stop = min(hi + WINDOW_COLUMNS - 1, n_columns) if model is not None else hi
     columns = cube["spectrogram"].isel(time=slice(start + lo, start + stop)).values.astype(np.float32)
     times = cube["offset"].isel(time=slice(start + lo, start + hi)).values
