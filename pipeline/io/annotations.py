@@ -197,8 +197,9 @@ class _ArrayUnpickler(pickle.Unpickler):
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
             raise AnnotationError(
-                f"{self._source}: refuses to unpickle {module}.{name}; only plain numpy arrays are "
-                "allowed (pass trust=True for a file you trust)"
+                f"{self._source}: holds a pickled {module}.{name}, and unpickling it could run code; "
+                "only plain numpy arrays are read. If you made this file yourself, pass --trust-npz "
+                f"(trust=True in Python), or convert it once: batml convert {self._source} --trust-npz -o calls.csv"
             ) from None
 
 
@@ -325,7 +326,7 @@ def read_seed_npz(path: str | os.PathLike, *, trust: bool = False,
     has_classes = bool(class_fields)
     try:
         splits = {split: _recordings(fields, split, n_classes if has_classes else None) for split in SPLITS}
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: an object array holding something not a number
         raise AnnotationError(f"{path}: {exc}") from None
     return SeedDataset(train=splits["train"], test=splits["test"], has_classes=has_classes)
 
