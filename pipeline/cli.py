@@ -720,7 +720,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batml: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # full disk, read-only folder...: the system's words, one line
-        print(f"batml: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        # A failed write (ENOSPC) names no file: name the command's output instead.
+        where = exc.filename or next((getattr(args, k) for k in ("out", "cube") if getattr(args, k, None)), "")
+        print(f"batml: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         if on_main_thread:

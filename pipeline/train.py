@@ -681,6 +681,7 @@ def train(
     run_settings = run_settings or Settings()
     out = Path(out)
     annotations = read_annotations(dataset, trust_npz=trust_npz)
+    check_writable(out)  # before hours of training, not after
     cube = Path(cube) if cube is not None else out.with_name(out.name + ".cube.zarr")
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
         _complete_cube(ingest(audio_dir, cube, settings=run_settings, client=client, progress=progress))
@@ -688,6 +689,23 @@ def train(
             annotations, cube, settings, client=client, spectrogram_settings=run_settings.spectrogram,
             out=out, progress=progress, audio_dir=audio_dir,
         )  # fmt: skip
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a model bundle path that cannot be written (read-only folder, no permission).
+
+    The bundle is built in a sibling directory and renamed into place, so the folder that
+    holds ``out`` (or its nearest existing parent) must take a new directory: that is tried
+    for real (a probe created and removed), which also holds for root, whom file modes do
+    not stop, and for read-only mounts.
+    """
+    out = Path(out)
+    existing = next((p for p in out.parents if p.exists()), Path("."))
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".batml-write-test-", dir=existing))
+    except OSError as exc:
+        raise TrainingError(f"{out}: cannot write the model bundle there ({exc.strerror or exc})") from None
+    probe.rmdir()
 
 
 def _complete_cube(report) -> None:
