@@ -51,9 +51,28 @@ from pipeline.evaluate import (
     probability_column,
 )
 
-if "IPython" in sys.modules:  # pragma: no cover - only inside Jupyter/IPython
-    # Loading pyplot loads the notebook's backend, which registers how figures are shown.
-    import matplotlib.pyplot  # noqa: F401
+
+
+def _show_figures_in_jupyter() -> None:
+    """Let Jupyter show a returned figure as an image, as pyplot's inline backend would.
+
+    The figures here are not pyplot's, so nothing registers how to show them until pyplot
+    is imported; a formatter registered already (by a backend) is left as it is.
+    """
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if get_ipython else None
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    from IPython.core.pylabtools import print_figure
+
+    png = shell.display_formatter.formatters["image/png"]
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        png.for_type(Figure, lambda figure: print_figure(figure, "png"))
+
+
+_show_figures_in_jupyter()
 
 #: Colour of each of the seven groups (tab10, stable whatever the groups plotted).
 SPECIES_COLOURS = {
@@ -193,7 +212,12 @@ def _column_range(n_columns: int, step: float, begin: float | None, end: float |
 
 
 def _recording_detections(detections, path: str, channel: int, begin: float, end: float, min_probability: float):
-    table = _detections_table(detections, min_probability=min_probability)
+    if isinstance(detections, pd.DataFrame):
+        table = detections
+    else:  # only this file's rows are read
+        from pipeline.io.detections import read_detections
+
+        table = read_detections(detections, min_probability=min_probability, files=path)
     keep = (
         (table["file"].astype(str) == path)
         & (table["channel"].to_numpy() == channel)

@@ -224,7 +224,7 @@ def test_recording_times_from_a_mapping_a_cube_or_the_name(cube):
 # --------------------------------------------------------------------------------------------
 
 
-def test_detections_accessor_selects_species_and_recordings(detections):
+def test_detections_accessor_selects_species_and_recordings(run, detections):
     pip = detections.batml.species("Pip35", min_probability=0.8)
     assert len(pip) and (pip["prob_Pip35"] >= 0.8).all()
     assert len(pip) == int((detections["prob_Pip35"].astype(float) >= 0.8).sum())
@@ -232,6 +232,8 @@ def test_detections_accessor_selects_species_and_recordings(detections):
     assert len(either) >= len(pip)
     one = detections.batml.recording(RECORDING)
     assert len(one) and set(one["file"]) == {next(f for f in detections["file"] if f.endswith(RECORDING))}
+    read = pipeline.read_detections(run[1], files=one["file"].iat[0])  # only that file read
+    pd.testing.assert_frame_equal(read, one.reset_index(drop=True))
     with pytest.raises(KeyError, match="no detections"):
         detections.batml.recording("site09/x.wav")
     with pytest.raises(ValueError, match="unknown species"):

@@ -541,6 +541,7 @@ def read_detections(
     species: str | Iterable[str] | None = None,
     min_probability: float | None = None,
     columns: Sequence[str] | None = None,
+    files: str | Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Load a run's detected events into pandas, in archive order.
 
@@ -555,6 +556,8 @@ def read_detections(
         compared in float64 as the thresholds are.
     columns : sequence of str, optional
         The columns to load (default: all); the filters may use columns not loaded.
+    files : str or iterable of str, optional
+        Keep the events of these files (their ``file``, the path as the cube stores it).
 
     Returns
     -------
@@ -593,6 +596,9 @@ def read_detections(
     if min_probability is not None:
         reached = ds.field("probability").cast(pa.float64()) >= float(min_probability)
         condition = reached if condition is None else condition & reached
+    if files is not None:
+        wanted = ds.field("file").isin([files] if isinstance(files, str) else [str(f) for f in files])
+        condition = wanted if condition is None else condition & wanted
     dataset = ds.dataset([os.fspath(p) for p in parts], schema=schema, format="parquet")
     table = dataset.to_table(columns=columns, filter=condition)
     return table.to_pandas()
