@@ -27,6 +27,7 @@ probability reaches ``min_probability``. The calls kept are then exactly those w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -79,9 +80,11 @@ SPECIES_COLOURS = {
     "Barbarg": "tab:blue", "Envsp": "tab:orange", "Myosp": "tab:green", "Pip35": "tab:red",
     "Pip50": "tab:purple", "Plesp": "tab:brown", "Rhisp": "tab:pink",
 }  # fmt: skip
+#: Columns of a spectrogram drawn at most (a longer range is drawn as the maximum of runs of columns).
+MAX_DISPLAY_COLUMNS = 8192
 #: Label of the column of calls no detection found, in :func:`confusion_counts`.
 MISSED = "missed"
-#: Label of the site of a file directly in the archive's top folder, in :func:`activity_counts`.
+#: Site of a file of a relative path without folders, in :func:`site_of`.
 TOP_FOLDER = "(top folder)"
 
 _NAME_TIMESTAMP = re.compile(r"(?<!\d)(\d{8})[_T-]?(\d{6})(?!\d)")
@@ -263,7 +266,9 @@ def spectrogram(
 ) -> Figure:
     """The spectrogram of part of one recording, its detected calls boxed and labelled.
 
-    Only the columns of ``[begin, end)`` are read from the cube.
+    Only the columns of ``[begin, end)`` are read from the cube (a few seconds are what a
+    figure shows well: more than :data:`MAX_DISPLAY_COLUMNS` columns, about 9.5 s, are
+    drawn as the maximum of runs of columns; the model panel scores every window of the range).
 
     Parameters
     ----------
@@ -336,7 +341,7 @@ def spectrogram(
     half_row = (frequencies_khz[1] - frequencies_khz[0]) / 2 if len(frequencies_khz) > 1 else 0.5
     low, high = frequencies_khz[0] - half_row, frequencies_khz[-1] + half_row
     ax.imshow(
-        columns[: hi - lo].T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
+        _for_display(columns[: hi - lo]).T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
         extent=(times[0], times[-1] + step, low, high),
     )  # fmt: skip
     ax.set_ylabel("frequency (kHz)")
@@ -352,6 +357,16 @@ def spectrogram(
     axes[-1].set_xlabel("time in the recording (s)")
     ax.set_xlim(times[0], times[-1] + step)
     return figure
+
+
+def _for_display(columns: np.ndarray, limit: int = MAX_DISPLAY_COLUMNS) -> np.ndarray:
+    """At most about ``limit`` columns: the maximum of each run of consecutive columns, so
+    that a long range still shows every call (a figure has far fewer pixels than columns)."""
+    factor = -(-len(columns) // limit)
+    if factor <= 1:
+        return columns
+    padded = np.concatenate([columns, np.full((-len(columns) % factor, columns.shape[1]), -np.inf, columns.dtype)])
+    return padded.reshape(-1, factor, columns.shape[1]).max(axis=1)
 
 
 def _draw_boxes(ax, calls: pd.DataFrame, min_probability: float, duration: float, low: float, high: float) -> None:
@@ -418,6 +433,28 @@ def align_recordings(calls: pd.DataFrame, detections: pd.DataFrame) -> tuple[pd.
     return calls, detections
 
 
+@contextlib.contextmanager
+def _plot_errors():
+    """The evaluation's complaints about its inputs (a missing column, a class outside 1..K)
+    as :class:`PlotError`: one line for the user."""
+    try:
+        yield
+    except (ValueError, KeyError) as exc:
+        raise PlotError(str(exc.args[0]) if exc.args else repr(exc)) from None
+
+
+def _matched(calls: pd.DataFrame, detections: pd.DataFrame, classes, tolerance: float):
+    """``(calls, detections, classes, matches)``: the tables aligned on ``recording``, the
+    class names (default: the ``prob_`` columns'), and :func:`match_detections`."""
+    classes = list(classes) if classes is not None else _classes_of(detections)
+    if not classes:
+        raise PlotError("the detections have no prob_<class> columns")
+    with _plot_errors():
+        calls, detections = align_recordings(calls, detections)
+        matches = match_detections(calls, detections, tolerance)
+    return calls, detections, classes, matches
+
+
 def precision_recall(
     calls: pd.DataFrame,
     detections,
@@ -457,12 +494,10 @@ def precision_recall(
     >>> calls = read_calls_csv("sim/annotations.csv")                          # doctest: +SKIP
     >>> precision_recall(calls, "results/sim")                                # doctest: +SKIP
     """
-    detections = _detections_table(detections)
-    classes = list(classes) if classes is not None else _classes_of(detections)
-    calls, detections = align_recordings(calls, detections)
-    matches = match_detections(calls, detections, tolerance)
-    detection = detection_average_precision(calls, detections, tolerance, matches)
-    per_class = class_average_precision(calls, detections, classes, tolerance, matches)
+    calls, detections, classes, matches = _matched(calls, _detections_table(detections), classes, tolerance)
+    with _plot_errors():
+        detection = detection_average_precision(calls, detections, tolerance, matches)
+        per_class = class_average_precision(calls, detections, classes, tolerance, matches)
     figure, ax = _figure_and_axes(ax, figsize=figsize, layout="constrained")
     _draw_curve(ax, detection, f"detection (AP {detection.average_precision:.3f})", "black", 2.0)
     for k, (name, curve) in enumerate(per_class.per_class.items()):
@@ -510,12 +545,11 @@ def confusion_counts(
         of one moment, both under that detection's class.
     """
     detections = _detections_table(detections)
-    classes = list(classes) if classes is not None else _classes_of(detections)
     if min_score is not None:
         detections = detections[detections["score"].to_numpy(np.float64) >= float(min_score)]
-    calls, detections = align_recordings(calls, detections)
-    matches = match_detections(calls, detections, tolerance)
-    labels = event_labels(calls, len(classes))  # (events, K): the classes at each moment
+    calls, detections, classes, matches = _matched(calls, detections, classes, tolerance)
+    with _plot_errors():
+        labels = event_labels(calls, len(classes))  # (events, K): the classes at each moment
     probs = detections[[probability_column(c) for c in classes]].to_numpy(np.float64)
     predicted = np.full(len(labels), len(classes))  # column "missed" unless matched
     found = matches >= 0
@@ -653,24 +687,26 @@ def night_hour(times: pd.Series) -> pd.Series:
 
 
 def site_of(paths: Sequence[str]) -> pd.Series:
-    """The site of each file: the first folder of its path below the folder all paths share.
+    """The site of each file: the first folder of its path below the folder all paths share;
+    for a file in that shared folder itself, the shared folder's name.
 
     Examples
     --------
     >>> site_of(["/data/site01/a.wav", "/data/site02/n1/b.wav", "/data/c.wav"]).tolist()
-    ['site01', 'site02', '(top folder)']
+    ['site01', 'site02', 'data']
+    >>> site_of(["/data/site01/a.wav", "/data/site01/b.wav"]).tolist()
+    ['site01', 'site01']
     """
     paths = [str(p) for p in paths]
     parts = [[p for p in path.replace("\\", "/").split("/") if p] for path in paths]
-    common = 0
     folders = [p[:-1] for p in parts]
-    if folders:
-        common = min(len(f) for f in folders)
-        for k in range(common):
-            if len({f[k] for f in folders}) > 1:
-                common = k
-                break
-    return pd.Series([p[common] if len(p) - 1 > common else TOP_FOLDER for p in parts], index=paths, name="site")
+    common = min((len(f) for f in folders), default=0)
+    for k in range(common):
+        if len({f[k] for f in folders}) > 1:
+            common = k
+            break
+    shared = folders[0][common - 1] if common else TOP_FOLDER
+    return pd.Series([p[common] if len(p) - 1 > common else shared for p in parts], index=paths, name="site")
 
 
 def activity_counts(detections, *, by: str = "hour", min_probability: float = 0.5, timestamps=None) -> pd.DataFrame:
@@ -702,18 +738,18 @@ def activity_counts(detections, *, by: str = "hour", min_probability: float = 0.
     classes = _classes_of(table)
     table = table[table["probability"].to_numpy(np.float64) >= float(min_probability)]
     reached = species_reached(table, min_probability, classes).astype(np.int64)
+    files = table["file"].astype(str)
     left_out = 0
     if by == "site":
-        key = table["file"].astype(str).map(site_of(table["file"].astype(str).unique()))
-        counts = reached.groupby(key.to_numpy()).sum()
+        counts = reached.groupby(files.map(dict(site_of(files.unique()))).to_numpy()).sum()
     else:
-        starts = recording_timestamps(table["file"].astype(str), timestamps)
-        start = table["file"].astype(str).map(starts)
+        start = files.map(dict(recording_timestamps(files.unique(), timestamps))).astype("datetime64[ns]")
         known = start.notna().to_numpy()
         left_out = int((~known).sum())
         when = start[known] + pd.to_timedelta(table["time"].to_numpy(np.float64)[known], unit="s")
-        hours = night_hour(when).to_numpy()
-        counts = reached[known].groupby(hours).sum().reindex(range(int(hours.min()), int(hours.max()) + 1) if len(hours) else [], fill_value=0)
+        hours = night_hour(when).to_numpy(np.int64)
+        night = range(int(hours.min()), int(hours.max()) + 1) if len(hours) else range(0)
+        counts = reached[known].groupby(hours).sum().reindex(night, fill_value=0)
         counts.index = [f"{(h + 12) % 24:02d}:00" for h in counts.index]
     counts = counts.reindex(columns=classes, fill_value=0).astype(np.int64)
     counts.index.name = by
