@@ -4,7 +4,7 @@ curves, activity per hour of night or per site, confusion between species.
 Every plot is a function that returns a :class:`matplotlib.figure.Figure` built without
 :mod:`matplotlib.pyplot`'s global state (no figure is kept alive behind the caller's back,
 so plotting in a loop leaks nothing, and it works headless). Give ``ax`` to draw into axes
-of your own. In Jupyter the returned figure is shown as the cell's value::
+of your own (``axes`` for :func:`spectrogram`). In Jupyter the returned figure is shown as the cell's value::
 
     import pipeline
     from pipeline import plot
@@ -34,8 +34,8 @@ import os
 import re
 import sys
 import uuid
-from datetime import datetime
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -52,6 +52,23 @@ from pipeline.evaluate import (
     probability_column,
 )
 
+#: Colour of each of the seven groups (tab10, stable whatever the groups plotted).
+SPECIES_COLOURS = {
+    "Barbarg": "tab:blue", "Envsp": "tab:orange", "Myosp": "tab:green", "Pip35": "tab:red",
+    "Pip50": "tab:purple", "Plesp": "tab:brown", "Rhisp": "tab:pink",
+}  # fmt: skip
+#: Columns of a spectrogram drawn at most (a longer range is drawn as the maximum of runs of columns).
+MAX_DISPLAY_COLUMNS = 8192
+#: Label of the column of calls no detection found, in :func:`confusion_counts`.
+MISSED = "missed"
+#: Site of a file of a relative path without folders, in :func:`site_of`.
+TOP_FOLDER = "(top folder)"
+
+_NAME_TIMESTAMP = re.compile(r"(?<!\d)(\d{8})[_T-]?(\d{6})(?!\d)")
+
+
+class PlotError(ValueError):
+    """Inputs a plot cannot be drawn from; the message is one line for the user."""
 
 
 def _show_figures_in_jupyter() -> None:
@@ -74,24 +91,6 @@ def _show_figures_in_jupyter() -> None:
 
 
 _show_figures_in_jupyter()
-
-#: Colour of each of the seven groups (tab10, stable whatever the groups plotted).
-SPECIES_COLOURS = {
-    "Barbarg": "tab:blue", "Envsp": "tab:orange", "Myosp": "tab:green", "Pip35": "tab:red",
-    "Pip50": "tab:purple", "Plesp": "tab:brown", "Rhisp": "tab:pink",
-}  # fmt: skip
-#: Columns of a spectrogram drawn at most (a longer range is drawn as the maximum of runs of columns).
-MAX_DISPLAY_COLUMNS = 8192
-#: Label of the column of calls no detection found, in :func:`confusion_counts`.
-MISSED = "missed"
-#: Site of a file of a relative path without folders, in :func:`site_of`.
-TOP_FOLDER = "(top folder)"
-
-_NAME_TIMESTAMP = re.compile(r"(?<!\d)(\d{8})[_T-]?(\d{6})(?!\d)")
-
-
-class PlotError(ValueError):
-    """Inputs a plot cannot be drawn from; the message is one line for the user."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,9 +115,12 @@ def _classes_of(detections: pd.DataFrame) -> list[str]:
 
 
 def _detections_table(detections, *, min_probability=None) -> pd.DataFrame:
-    """A detections DataFrame, or read one from a run's output folder."""
+    """A detections DataFrame: as given, computed (a Dask DataFrame of :func:`pipeline.open_detections`),
+    or read from a run's output folder."""
     if isinstance(detections, pd.DataFrame):
         return detections
+    if hasattr(detections, "compute"):
+        return detections.compute()
     from pipeline.io.detections import read_detections
 
     return read_detections(detections, min_probability=min_probability)
@@ -215,12 +217,12 @@ def _column_range(n_columns: int, step: float, begin: float | None, end: float |
 
 
 def _recording_detections(detections, path: str, channel: int, begin: float, end: float, min_probability: float):
-    if isinstance(detections, pd.DataFrame):
-        table = detections
-    else:  # only this file's rows are read
+    if isinstance(detections, (str, os.PathLike)):  # a run's folder: only this file's rows are read
         from pipeline.io.detections import read_detections
 
         table = read_detections(detections, min_probability=min_probability, files=path)
+    else:
+        table = _detections_table(detections)
     keep = (
         (table["file"].astype(str) == path)
         & (table["channel"].to_numpy() == channel)
@@ -231,7 +233,8 @@ def _recording_detections(detections, path: str, channel: int, begin: float, end
     return table[keep]
 
 
-def _predictor_and_classes(model, fingerprint: str):
+def _model_predictor(model, fingerprint: str):
+    """``(predictor, classes, thresholds)`` of a bundle (or its path) made for the cube's settings."""
     from pipeline.model.bundle import ModelBundle, load_bundle
     from pipeline.train import Predictor
 
@@ -281,7 +284,8 @@ def spectrogram(
     channel : int, optional
         The channel, for a multichannel file analysed channel by channel.
     detections : pandas.DataFrame or path, optional
-        Detected calls (:func:`pipeline.read_detections`) or a run's output folder. Each call
+        Detected calls (:func:`pipeline.read_detections`) or a run's output folder (of
+        which only this recording's calls are read). Each call
         of this recording in the range whose probability reaches ``min_probability`` is a box
         as long as a model window, labelled with every species that reaches it and its
         probability.
@@ -316,9 +320,10 @@ def spectrogram(
     except KeyError as exc:
         raise PlotError(f"{where}{exc.args[0]}") from None
     settings = _cube_settings(cube)
-    path, ch = str(cube["path"].values[r]), int(cube["channel"].values[r])
-    start, n_columns = int(cube["start"].values[r]), int(cube["n_columns"].values[r])
-    step = settings.column_step_s(float(cube["real_rate"].values[r]))
+    row = cube[["path", "channel", "start", "n_columns", "real_rate"]].isel(recording=r).compute()
+    path, ch = str(row["path"].item()), int(row["channel"])
+    start, n_columns = int(row["start"]), int(row["n_columns"])
+    step = settings.column_step_s(float(row["real_rate"]))
     lo, hi = _column_range(n_columns, step, begin, end)
     if hi <= lo:
         raise PlotError(
@@ -351,7 +356,7 @@ def spectrogram(
         calls = _recording_detections(detections, path, ch, times[0], times[-1] + step, min_probability)
         _draw_boxes(ax, calls, min_probability, window_seconds(settings), low, high)
     if model is not None:
-        predict, classes, thresholds = _predictor_and_classes(model, cube.attrs["fingerprint"])
+        predict, classes, thresholds = _model_predictor(model, cube.attrs["fingerprint"])
         probs = column_probabilities(predict, columns)[: hi - lo]
         _draw_probabilities(axes[1], times, probs, classes, thresholds)
     axes[-1].set_xlabel("time in the recording (s)")
@@ -419,7 +424,7 @@ def align_recordings(calls: pd.DataFrame, detections: pd.DataFrame) -> tuple[pd.
     if "channel" in detections.columns and len(detections):
         first = detections.groupby("file")["channel"].transform("min")
         detections = detections[detections["channel"] == first]
-    names = {_without_extension(n): n for n in calls["recording"].unique()}
+    names = {PurePosixPath(str(n).replace("\\", "/")).parts: n for n in calls["recording"].unique()}
     longest = max((len(k) for k in names), default=0)
 
     def name_of(path: str) -> str:
