@@ -251,6 +251,19 @@ def test_pipeline_opens_models_and_detections_in_one_call_and_stays_light(run):
     assert out.stdout.strip() == "[]"
 
 
+def test_figures_show_as_images_in_jupyter(detections):
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        plot._show_figures_in_jupyter()  # what importing pipeline.plot does in a kernel
+        shown, _ = shell.display_formatter.format(plot.activity(detections))
+        assert shown["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        InteractiveShell.clear_instance()
+
+
 # --------------------------------------------------------------------------------------------
 # batml plot
 # --------------------------------------------------------------------------------------------
@@ -288,7 +301,9 @@ def test_cli_draws_every_kind_from_a_run(run, detections, tmp_path, capsys):
 def test_cli_confusion_runs_a_model_on_the_test_split(run, client, tmp_path, capsys):
     archive, out = run
     image = tmp_path / "confusion.png"
-    argv = ["plot", "confusion", str(pipeline.model.bundle.DEFAULT_BUNDLE), str(archive.annotations_npz),
+    from pipeline.model.bundle import DEFAULT_BUNDLE
+
+    argv = ["plot", "confusion", str(DEFAULT_BUNDLE), str(archive.annotations_npz),
             "--audio", str(archive.root), "--cube", str(out / "cube.zarr"), "--cluster", client.scheduler.address,
             "-q", "-o", str(image)]  # fmt: skip
     code, _, err = _batml(argv, capsys)
