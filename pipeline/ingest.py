@@ -253,18 +253,27 @@ def ingest(
 
 
 def _run_chunks(client, cube: Path, layout: cube_io.Layout, todo: list[int], spec, progress: bool) -> list[str]:
-    """Compute and write the chunks ``todo``, a bounded number at a time; their errors."""
-    todo_set = set(todo)
-    statistics = {
-        r: client.submit(recording_statistics, layout.piece(r), spec, pure=False)
-        for r in layout.spanning_recordings()
-        if any(k in todo_set for k in layout.chunks_of(r))
-    }
+    """Compute and write the chunks ``todo``, a bounded number at a time; their errors.
+
+    The denoising statistics of a recording split across chunks are submitted with the
+    first chunk that needs them and dropped here once its last chunk is submitted (the
+    chunks' tasks hold them until they have run), so the scheduler holds a few tasks per
+    worker thread, however many chunks the archive has.
+    """
+    statistics = {}
 
     def submit(chunk: int):
         start, _ = layout.chunk_bounds(chunk)
         pieces = layout.pieces(chunk)
-        stats = {p.recording: statistics[p.recording] for p in pieces if p.recording in statistics}
+        stats = {}
+        for p in pieces:
+            if p.whole:
+                continue
+            if p.recording not in statistics:
+                statistics[p.recording] = client.submit(recording_statistics, layout.piece(p.recording), spec, pure=False)
+            stats[p.recording] = statistics[p.recording]
+            if p.stop == p.n_columns:  # its last chunk
+                del statistics[p.recording]
         return client.submit(ingest_chunk, str(cube), chunk, start, pieces, stats, spec, pure=False)
 
     return run_chunks(client, todo, submit, desc="ingest", progress=progress)

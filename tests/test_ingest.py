@@ -11,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import pytest
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import key_split
 
 from pipeline import spectrogram as sg
 from pipeline.cli import main
@@ -20,6 +23,7 @@ from pipeline.config import IngestSettings, Settings, SpectrogramSettings
 from pipeline.ingest import ingest
 from pipeline.io import audio
 from pipeline.io.cube import JOURNAL, CubeError, open_cube
+from pipeline.testing import write_tone
 
 SMALL_CHUNKS = Settings(ingest=IngestSettings(chunk_columns=512))
 
@@ -242,3 +246,47 @@ def test_an_fsspec_url_gives_the_same_cube_as_the_local_path(small_archive, clie
     a, b = open_cube(tmp_path / "local.zarr"), open_cube(tmp_path / "url.zarr")
     np.testing.assert_array_equal(a["spectrogram"].values, b["spectrogram"].values)
     assert all(p.startswith("file://") for p in b["path"].values)
+
+
+class _IngestTasks(SchedulerPlugin):
+    """Counts the ingest tasks the scheduler sees, and the most it holds (not released) at once."""
+
+    name = "test-ingest-tasks"
+
+    def __init__(self):
+        self.seen, self.held, self.peak = {}, set(), 0
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        kind = key_split(key)
+        if kind not in ("recording_statistics", "ingest_chunk"):
+            return
+        if finish in ("released", "forgotten"):
+            self.held.discard(key)
+        else:
+            self.seen.setdefault(kind, set()).add(key)
+            self.held.add(key)
+            self.peak = max(self.peak, len(self.held))
+
+
+def test_the_scheduler_holds_a_bounded_number_of_ingest_tasks(tmp_path, client):
+    # 100 recordings, each split across 2 or 3 chunks: each needs its statistics task.
+    for i in range(100):
+        write_tone(tmp_path / "audio" / f"r{i:03d}.wav", 192_000, 0.1, 40_000.0)
+    client.register_plugin(_IngestTasks())
+    try:
+        report = ingest(tmp_path / "audio", tmp_path / "c.zarr", settings=Settings(ingest=IngestSettings(chunk_columns=64)),
+                        client=client, progress=False)  # fmt: skip
+        seen, peak = client.run_on_scheduler(
+            lambda dask_scheduler: (
+                {k: len(v) for k, v in dask_scheduler.plugins[_IngestTasks.name].seen.items()},
+                dask_scheduler.plugins[_IngestTasks.name].peak,
+            )
+        )
+    finally:
+        client.unregister_scheduler_plugin(_IngestTasks.name)
+    assert report.ok and report.chunks_written == report.n_chunks
+    assert seen == {"recording_statistics": 100, "ingest_chunk": report.n_chunks}
+    # A few chunks per worker thread and their recordings' statistics, never the whole archive
+    # (slack of 2: a released task may reach the scheduler after the next submission).
+    in_flight = sum(client.nthreads().values()) * dask.config.get("batml.tasks_per_thread") + 2
+    assert peak <= 2 * in_flight + 3 < 100
