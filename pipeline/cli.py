@@ -295,6 +295,10 @@ def _image_path(text: str) -> Path:
     return path
 
 
+class PlotUsageError(Exception):
+    """A 'batml plot' command line that argparse cannot check alone (exit status 2)."""
+
+
 def _read_calls(dataset: str, trust_npz: bool, split: str):
     """Annotated calls (``file, position, class``) of a seed .npz or a CSV of calls, one split or all."""
     from pipeline.io import annotations
@@ -327,8 +331,7 @@ def _model_scored_calls(args):
     cube = args.cube or args.model.with_name(args.model.name + ".cube.zarr")
     with connect(args.cluster, n_workers=args.workers, quiet=args.quiet) as client:
         ingest(args.audio, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=not args.quiet)
-    cube = open_cube(cube)
-    load_bundle(args.model, expect_fingerprint=cube.attrs["fingerprint"])
+    cube = open_cube(cube)  # made with the model's settings: ingest refuses a cube made with others
     predictor = Predictor.from_bundle(bundle)
     return calls_table(recordings, cube), detect_recordings(predictor, cube, recordings, bundle.classes), bundle.classes
 
@@ -350,10 +353,6 @@ def _scored_calls(args):
     return _read_calls(args.calls, args.trust_npz, args.split), detections, None
 
 
-class PlotUsageError(Exception):
-    """A 'batml plot' command line that argparse cannot check alone (exit status 2)."""
-
-
 def cmd_plot(args) -> int:
     try:
         import matplotlib  # noqa: F401
@@ -364,8 +363,9 @@ def cmd_plot(args) -> int:
 
     try:
         if args.kind == "spectrogram":
+            recording = int(args.recording) if args.recording.isdigit() else args.recording
             figure = plot.spectrogram(
-                args.cube, int(args.recording) if args.recording.isdigit() else args.recording, args.start, args.end, channel=args.channel, detections=args.detections,
+                args.cube, recording, args.start, args.end, channel=args.channel, detections=args.detections,
                 min_probability=args.min_probability, model=args.model,
             )  # fmt: skip
         elif args.kind == "activity":
