@@ -9,6 +9,7 @@ failed (listed in the output); 130 interrupted (run the same command again to re
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 import threading
@@ -354,9 +355,7 @@ def _scored_calls(args):
 
 
 def cmd_plot(args) -> int:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         print("batml: error: 'batml plot' needs matplotlib: pip install 'batml[plot]'", file=sys.stderr)
         return EXIT_ERROR
     from pipeline import plot
@@ -695,11 +694,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _plot_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from pipeline.plot import PlotError
-    except ImportError:  # no matplotlib: 'batml plot' says so itself
-        return ()
-    return (PlotError,)
+    plot = sys.modules.get("pipeline.plot")  # a PlotError comes from a loaded pipeline.plot only
+    return (plot.PlotError,) if plot is not None else ()
 
 
 def _interrupt(signum, frame):

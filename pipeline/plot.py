@@ -126,7 +126,9 @@ def _detections_table(detections, *, min_probability=None) -> pd.DataFrame:
     return read_detections(detections, min_probability=min_probability)
 
 
-def species_reached(detections: pd.DataFrame, min_probability: float, classes: Sequence[str] | None = None) -> pd.DataFrame:
+def species_reached(
+    detections: pd.DataFrame, min_probability: float, classes: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Which species each call is: a boolean table, one column per class.
 
     Parameters
@@ -240,7 +242,9 @@ def _model_predictor(model, fingerprint: str):
 
     bundle = model if isinstance(model, ModelBundle) else load_bundle(model, expect_fingerprint=fingerprint)
     if bundle.fingerprint != fingerprint:
-        raise PlotError(f"{bundle.path}: the model expects spectrogram settings {bundle.fingerprint}, the cube has {fingerprint}")
+        raise PlotError(
+            f"{bundle.path}: the model expects spectrogram settings {bundle.fingerprint}, the cube has {fingerprint}"
+        )
     return Predictor.from_bundle(bundle), bundle.classes, bundle.thresholds
 
 
@@ -507,9 +511,12 @@ def precision_recall(
     _draw_curve(ax, detection, f"detection (AP {detection.average_precision:.3f})", "black", 2.0)
     for k, (name, curve) in enumerate(per_class.per_class.items()):
         if curve.n_positives > 0:
-            _draw_curve(ax, curve, f"{name} (AP {curve.average_precision:.3f}, {curve.n_positives} calls)", _colour(name, k), 1.2)
+            label = f"{name} (AP {curve.average_precision:.3f}, {curve.n_positives} calls)"
+            _draw_curve(ax, curve, label, _colour(name, k), 1.2)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02))
-    ax.set_title(f"{detection.n_positives} annotated call moments, mAP {per_class.mean_average_precision:.3f}", fontsize="medium")
+    ax.set_title(
+        f"{detection.n_positives} annotated call moments, mAP {per_class.mean_average_precision:.3f}", fontsize="medium"
+    )
     ax.legend(loc="lower left", fontsize="small")
     ax.grid(alpha=0.3)
     return figure
@@ -564,7 +571,9 @@ def confusion_counts(
     # One count per call: a moment with two species holds two calls, one per true class.
     event, true = np.nonzero(labels)
     np.add.at(counts, (true, predicted[event]), 1)
-    return pd.DataFrame(counts, index=pd.Index(classes, name="true"), columns=pd.Index([*classes, MISSED], name="predicted"))
+    return pd.DataFrame(
+        counts, index=pd.Index(classes, name="true"), columns=pd.Index([*classes, MISSED], name="predicted")
+    )
 
 
 def confusion(
@@ -600,7 +609,8 @@ def confusion(
     figure, ax = _figure_and_axes(ax, figsize=figsize, layout="constrained")
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (i, j), n in np.ndenumerate(counts.to_numpy()):
-        ax.text(j, i, str(n), ha="center", va="center", fontsize="small", color="white" if share[i, j] > 0.6 else "black")
+        colour = "white" if share[i, j] > 0.6 else "black"
+        ax.text(j, i, str(n), ha="center", va="center", fontsize="small", color=colour)
     ax.set_xticks(range(counts.shape[1]), counts.columns, rotation=45, ha="right")
     ax.set_yticks(range(counts.shape[0]), counts.index)
     ax.set(xlabel="detected as (most probable class)", ylabel="annotated species")
@@ -682,7 +692,8 @@ def recording_timestamps(files: Sequence[str], timestamps=None) -> pd.Series:
     for path in files:
         stamp = _clock_time(_by_path(mapping, path)) if mapping else None
         values.append(stamp if stamp is not None else timestamp_from_name(path))
-    return pd.Series(pd.to_datetime(values), index=pd.Index(files, name="file"), name="timestamp", dtype="datetime64[ns]")
+    index = pd.Index(files, name="file")
+    return pd.Series(pd.to_datetime(values), index=index, name="timestamp", dtype="datetime64[ns]")
 
 
 def night_hour(times: pd.Series) -> pd.Series:
