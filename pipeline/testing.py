@@ -32,6 +32,9 @@ _WAVE_FORMAT_IEEE_FLOAT = 3
 #: A declared data size of almost 4 GiB, as written by a recorder that crashed.
 _GIGABYTES = 0xFFFFFF00
 
+#: A file name of 250 bytes (most file systems allow 255), with spaces and a dot inside.
+LONG_NAME = "very long name. " * 15 + "x" * 6 + ".wav"
+
 #: Metadata of a time-expanded recording: 50 kHz in the header, 500 kHz in real time.
 _TIME_EXPANDED_GUANO = {
     "TE": 10,
@@ -130,7 +133,8 @@ def write_bad_corpus(folder: str | os.PathLike) -> dict[str, str]:
         Merely odd files are ``'ok'``: truncated data and a header claiming gigabytes
         (what is really there is read), 8/24/32-bit and float samples, stereo, silence,
         clipping, GUANO with time expansion, malformed GUANO (noted, ignored), odd-sized
-        data with and without its pad byte, unusual names. ``x.wav`` is an empty
+        data with and without its pad byte, unusual names (spaces, non-ASCII, upper-case
+        suffixes, a leading dash, 250 bytes long). ``x.wav`` is an empty
         directory (``'is a directory'``), which archive discovery does not list.
     """
     folder = Path(folder)
@@ -186,6 +190,8 @@ def _corpus() -> list[tuple[str, Callable[[Path], Any], str]]:
         ("Chauve-souris été.wav", valid, OK),
         ("UPPER.WAV", valid, OK),
         ("Mixed.Wav", valid, OK),
+        ("-leading dash.wav", valid, OK),
+        (LONG_NAME, valid, OK),
     ]
 
 

@@ -438,6 +438,18 @@ def test_raven_table_names():
         D.raven_table_names(["/d/a__b/c.wav", "/d/a/b__c.wav"])
 
 
+def test_raven_table_names_fit_the_file_system(tmp_path):
+    """A 250-byte recording name (the bad-file corpus has one) gives a table name of at most
+    255 bytes, cut on a character boundary, distinct for distinct paths, that can be created."""
+    long_a, long_b = "é" * 120 + "a.wav", "é" * 120 + "b.wav"
+    names = D.raven_table_names([f"/d/s1/{long_a}", f"/d/s1/{long_b}", "/d/s2/x.wav"])
+    assert len(set(names.values())) == 3
+    for name in names.values():
+        assert len(name.encode("utf-8")) <= 255 and name.endswith(".Table.1.selections.txt")
+        (tmp_path / name).write_text("ok")
+    assert names["/d/s2/x.wav"] == "s2__x.Table.1.selections.txt"
+
+
 # --------------------------------------------------------------------------------------------
 # The report
 

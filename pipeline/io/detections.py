@@ -879,6 +879,23 @@ def _common_prefix(lists: Sequence[list[str]]) -> list[str]:
     return common
 
 
+#: The longest file name (bytes) of common file systems (ext4, XFS, APFS, NTFS in UTF-16 units).
+MAX_NAME_BYTES = 255
+
+
+def _fit_file_name(stem: str, suffix: str, key: str) -> str:
+    """``stem + suffix``, or, when longer than :data:`MAX_NAME_BYTES`, ``stem`` cut (on a
+    character boundary) followed by ``~`` and 8 hex digits of the SHA-256 of ``key``."""
+    import hashlib
+
+    if len((stem + suffix).encode("utf-8")) <= MAX_NAME_BYTES:
+        return stem + suffix
+    tag = "~" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+    room = MAX_NAME_BYTES - len((tag + suffix).encode("utf-8"))
+    cut = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    return cut + tag + suffix
+
+
 def raven_table_names(paths: Sequence[str]) -> dict[str, str]:
     """The name of each file's Raven table.
 
@@ -895,7 +912,8 @@ def raven_table_names(paths: Sequence[str]) -> dict[str, str]:
         (Raven Pro's naming): ``/data/site1/night2/a.wav`` among files under ``/data``
         gives ``site1__night2__a.Table.1.selections.txt``. Files whose names would collide
         once their extension is dropped (``a.wav``, ``a.flac``) keep it
-        (``a.wav.Table.1.selections.txt``).
+        (``a.wav.Table.1.selections.txt``). A name longer than file systems allow (255
+        bytes) is cut and ends with ``~`` and 8 hex digits of its path's SHA-256.
 
     Raises
     ------
@@ -909,7 +927,7 @@ def raven_table_names(paths: Sequence[str]) -> dict[str, str]:
     stems = {path: "__".join([*parts[:-1], posixpath.splitext(parts[-1])[0]]) for path, parts in relative.items()}
     uses = Counter(stems.values())
     names = {
-        path: (stems[path] if uses[stems[path]] == 1 else "__".join(relative[path])) + RAVEN_SUFFIX
+        path: _fit_file_name(stems[path] if uses[stems[path]] == 1 else "__".join(relative[path]), RAVEN_SUFFIX, path)
         for path in paths
     }
     seen: dict[str, str] = {}
