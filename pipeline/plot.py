@@ -673,10 +673,10 @@ def recording_timestamps(files: Sequence[str], timestamps=None) -> pd.Series:
     ----------
     files : sequence of str
         Paths of recordings (as in the detections' ``file``).
-    timestamps : mapping, pandas.Series, xarray.Dataset or path, optional
+    timestamps : mapping, pandas.Series or DataFrame, xarray.Dataset or path, optional
         Where the times come from: a mapping of path (or end of path) to time stamp (ISO
-        8601 text or datetime), or a cube (its manifest's GUANO ``timestamp``) or the path
-        of one. A file it has no time for falls back to its name (:func:`timestamp_from_name`).
+        8601 text or datetime); a manifest (``batml manifest``: columns ``path`` and
+        ``timestamp``, from GUANO); a cube (its manifest) or the path of one. A file it has no time for falls back to its name (:func:`timestamp_from_name`).
 
     Returns
     -------
@@ -684,9 +684,12 @@ def recording_timestamps(files: Sequence[str], timestamps=None) -> pd.Series:
         Index ``files`` (distinct), values ``datetime64`` (NaT where no time is known).
     """
     files = list(dict.fromkeys(str(f) for f in files))
-    if isinstance(timestamps, (str, os.PathLike)) or hasattr(timestamps, "batml"):
-        manifest = _open(timestamps).batml.manifest
-        timestamps = dict(zip(manifest["path"].astype(str), manifest["timestamp"]))
+    import xarray as xr
+
+    if isinstance(timestamps, (str, os.PathLike, xr.Dataset)):
+        timestamps = _open(timestamps).batml.manifest
+    if isinstance(timestamps, pd.DataFrame):
+        timestamps = dict(zip(timestamps["path"].astype(str), timestamps["timestamp"]))
     mapping = dict(timestamps.items()) if timestamps is not None else {}
     values = []
     for path in files:

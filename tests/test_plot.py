@@ -216,6 +216,7 @@ def test_recording_times_from_a_mapping_a_cube_or_the_name(cube):
     manifest = cube.batml.manifest  # the simulator writes GUANO time stamps that agree with the names
     from_cube = plot.recording_timestamps(manifest["path"], cube)
     assert from_cube.tolist() == [plot.timestamp_from_name(p) for p in manifest["path"]]
+    pd.testing.assert_series_equal(plot.recording_timestamps(manifest["path"], manifest), from_cube)
     assert plot.site_of(["/a/s1/x.wav", "/a/s2/n/y.wav", "/a/z.wav"]).tolist() == ["s1", "s2", "a"]
     assert plot.site_of(["/a/s1/x.wav"]).tolist() == ["s1"]
     assert plot.site_of(["x.wav", "y.wav"]).tolist() == [plot.TOP_FOLDER] * 2
