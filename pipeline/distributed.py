@@ -107,14 +107,36 @@ def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory
 
     cfg = dask.config.get("batml.local")
     n_workers = n_workers or cfg.get("n_workers") or os.cpu_count() or 1
-    return LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker or cfg.get("threads_per_worker") or 1,
-        memory_limit=memory_limit or cfg.get("memory_limit") or "auto",
-        processes=cfg.get("processes", True),
-        dashboard_address=cfg.get("dashboard_address", ":0"),
-        silence_logs=logging.ERROR,
-    )
+    with _sigint_ignored():  # worker processes inherit it: Ctrl-C is the command's to handle
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker or cfg.get("threads_per_worker") or 1,
+            memory_limit=memory_limit or cfg.get("memory_limit") or "auto",
+            processes=cfg.get("processes", True),
+            dashboard_address=cfg.get("dashboard_address", ":0"),
+            silence_logs=logging.ERROR,
+        )
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while local worker processes start, so that they inherit it.
+
+    Ctrl-C in a terminal signals every process of the command; the command stops its
+    cluster itself (exit status 130), and workers that also stopped on their own would
+    each print a KeyboardInterrupt traceback. Python keeps an inherited ignored SIGINT.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def load_cluster_config(path: str | os.PathLike) -> None:
