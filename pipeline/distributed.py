@@ -114,7 +114,9 @@ def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory
             memory_limit=memory_limit or cfg.get("memory_limit") or "auto",
             processes=cfg.get("processes", True),
             dashboard_address=cfg.get("dashboard_address", ":0"),
-            silence_logs=logging.ERROR,
+            # A task that fails (a full disk...) is reported by the command in one line; the
+            # workers' own "Compute Failed" log would add a traceback for every task.
+            silence_logs=logging.CRITICAL,
         )
 
 
