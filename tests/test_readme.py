@@ -4,6 +4,7 @@ cannot linger in the documentation)."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -57,3 +58,11 @@ def test_readme_command_parses(line):
     argv = shlex.split(line, comments=True)[1:]
     argv = argv[: argv.index(">")] if ">" in argv else argv
     build_parser().parse_args(argv)  # SystemExit(2) if an option or argument is wrong
+
+
+def test_every_test_the_readme_cites_exists():
+    cited = set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", README))
+    assert len(cited) >= 10
+    for path, name in sorted(cited):
+        source = (ROOT / path).read_text(encoding="utf-8")
+        assert re.search(rf"^(async )?def {name}\(", source, flags=re.MULTILINE), f"{path}::{name}"
