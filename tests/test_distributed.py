@@ -15,6 +15,28 @@ def test_defaults_are_in_dask_config_and_overridable():
             assert len(client.nthreads()) == 1
 
 
+def _busy(seconds: float) -> int:
+    import time
+
+    end, n = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def test_workers_keep_no_profile_samples():
+    """The statistical profiler's samples grew a worker's memory over a long run: it is off."""
+    with dask.config.set({"batml.local.n_workers": 1}):
+        with connect("local", quiet=True) as client:
+            assert client.submit(_busy, 1.5, pure=False).result() > 0
+            assert client.run(lambda dask_worker: len(dask_worker.profile_history)) == {
+                address: 0 for address in client.nthreads()
+            }
+            assert client.run(lambda dask_worker: dict(dask_worker.profile_keys)) == {
+                address: {} for address in client.nthreads()
+            }
+
+
 def test_connects_to_a_running_scheduler(client, capsys):
     with connect(client.scheduler.address) as other:
         assert worker_threads(other) == worker_threads(client) == 2
