@@ -72,34 +72,43 @@ def run_chunks(client, chunks, submit, *, desc: str, progress: bool = True) -> l
         per worker thread are queued at once, so the scheduler's memory does not grow with
         the archive.
     """
-    from distributed import as_completed
     from tqdm.auto import tqdm
 
     if not len(chunks):
         return []
-    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
-    queue = iter(chunks)
     errors: list[str] = []
+    with tqdm(total=len(chunks), disable=not progress, desc=desc, unit="chunk", smoothing=0.1) as bar:
+        for chunk, future in completed_in_turn(client, chunks, submit):
+            try:
+                future.result()
+            except Exception as exc:  # a worker died repeatedly or a bug: report, go on
+                errors.append(f"chunk {chunk}: {type(exc).__name__}: {exc}".splitlines()[0])
+            bar.update()
+    return errors
+
+
+def completed_in_turn(client, items, submit):
+    """``(item, future)`` for each of ``items`` as its task finishes, with at most
+    ``tasks_per_thread`` tasks per worker thread submitted at once (``submit(item) -> Future``),
+    so that neither the scheduler nor the workers hold more as the archive grows."""
+    from distributed import as_completed
+
+    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
+    queue = iter(items)
     running = as_completed()
 
     def submit_next() -> None:
-        chunk = next(queue, None)
-        if chunk is not None:
-            future = submit(chunk)
-            future.chunk = chunk
+        item = next(queue, None)
+        if item is not None:
+            future = submit(item)
+            future.batml_item = item
             running.add(future)
 
     for _ in range(in_flight):
         submit_next()
-    with tqdm(total=len(chunks), disable=not progress, desc=desc, unit="chunk", smoothing=0.1) as bar:
-        for future in running:
-            try:
-                future.result()
-            except Exception as exc:  # a worker died repeatedly or a bug: report, go on
-                errors.append(f"chunk {future.chunk}: {type(exc).__name__}: {exc}".splitlines()[0])
-            bar.update()
-            submit_next()
-    return errors
+    for future in running:
+        yield future.batml_item, future
+        submit_next()
 
 
 def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit: str | None):

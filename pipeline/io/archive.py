@@ -342,32 +342,17 @@ def _distributed_tables(
 ) -> list[pd.DataFrame]:
     """The tables of the batches of ``paths``, in order; a bounded number of tasks in flight."""
     # Imported here so that using archives without a cluster does not import distributed.
-    import dask.config
-    from distributed import as_completed
-
-    from pipeline.distributed import worker_threads
+    from pipeline.distributed import completed_in_turn
 
     starts = range(0, len(paths), max(int(batch_size), 1))
-    queue = iter(starts)
-    in_flight = worker_threads(client) * int(dask.config.get("batml.tasks_per_thread", 4)) + 2
+
+    def submit(start: int):
+        return client.submit(_manifest_table, paths[start : start + batch_size], pure=False, **options)
+
     tables: dict[int, pd.DataFrame] = {}
-    running = as_completed()
-
-    def submit_next() -> None:
-        start = next(queue, None)
-        if start is not None:
-            batch = paths[start : start + batch_size]
-            future = client.submit(_manifest_table, batch, pure=False, **options)
-            future.batch_start = start
-            running.add(future)
-
-    for _ in range(in_flight):
-        submit_next()
     with tqdm(total=len(paths), desc="manifest", unit="file", disable=not progress) as bar:
-        for future in running:
-            table = future.result()
+        for start, future in completed_in_turn(client, starts, submit):
+            tables[start] = future.result()
             future.release()
-            tables[future.batch_start] = table
-            bar.update(len(table))
-            submit_next()
+            bar.update(len(tables[start]))
     return [tables[start] for start in starts]
