@@ -317,22 +317,12 @@ def _read_calls(dataset: str, trust_npz: bool, split: str):
 
 def _model_scored_calls(args):
     """Run a model bundle on the annotated recordings (as 'batml evaluate' does): (calls, detections, classes)."""
-    from pipeline.config import Settings
-    from pipeline.distributed import connect
-    from pipeline.ingest import ingest
-    from pipeline.io.cube import open_cube
-    from pipeline.model.bundle import load_bundle
-    from pipeline.train import Predictor, calls_table, detect_recordings, read_annotations
+    from pipeline.train import Predictor, calls_table, detect_recordings, model_on_annotations
 
-    bundle = load_bundle(args.model)
-    annotations = read_annotations(args.dataset, trust_npz=args.trust_npz)
-    recordings = {"test": annotations.test, "train": annotations.train}.get(args.split, annotations.train + annotations.test)
-    if args.split == "test" and not recordings:
-        recordings = annotations.train  # a dataset without a test split: all of it, as 'batml evaluate'
-    cube = args.cube or args.model.with_name(args.model.name + ".cube.zarr")
-    with connect(args.cluster, n_workers=args.workers, quiet=args.quiet) as client:
-        ingest(args.audio, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=not args.quiet)
-    cube = open_cube(cube)  # made with the model's settings: ingest refuses a cube made with others
+    bundle, cube, recordings = model_on_annotations(
+        args.model, args.dataset, args.audio, split=args.split, cube=args.cube, trust_npz=args.trust_npz,
+        cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
     predictor = Predictor.from_bundle(bundle)
     return calls_table(recordings, cube), detect_recordings(predictor, cube, recordings, bundle.classes), bundle.classes
 

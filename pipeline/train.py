@@ -717,6 +717,48 @@ def _complete_cube(report) -> None:
         )
 
 
+def model_on_annotations(
+    model: str | os.PathLike,
+    dataset: str | os.PathLike,
+    audio_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    cube: str | os.PathLike | None = None,
+    trust_npz: bool = False,
+    cluster: str | None = "local",
+    client=None,
+    n_workers: int | None = None,
+    progress: bool = True,
+):
+    """A model bundle, the cube of the annotated recordings made with its settings, and the
+    recordings of ``split`` (``"test"``: the test split, all recordings if none; ``"train"``;
+    ``"all"``): what ``batml evaluate`` and ``batml plot pr|confusion`` run the model on.
+    """
+    from pipeline.distributed import connect
+    from pipeline.ingest import ingest
+    from pipeline.io.cube import open_cube
+    from pipeline.model.bundle import load_bundle
+
+    bundle = load_bundle(model)
+    annotations = read_annotations(dataset, trust_npz=trust_npz)
+    recordings = {
+        "test": annotations.test or annotations.train,
+        "train": annotations.train,
+        "all": annotations.train + annotations.test,
+    }[split]
+    cube = Path(cube) if cube is not None else Path(model).with_name(Path(model).name + ".cube.zarr")
+    with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
+        _complete_cube(
+            ingest(audio_dir, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=progress)
+        )
+    cube_ds = open_cube(cube)
+    if cube_ds.attrs["fingerprint"] != bundle.fingerprint:
+        raise TrainingError(
+            f"{cube}: spectrogram fingerprint {cube_ds.attrs['fingerprint']} differs from the model's {bundle.fingerprint}"
+        )
+    return bundle, cube_ds, recordings
+
+
 def evaluate_saved_model(
     model: str | os.PathLike,
     dataset: str | os.PathLike,
@@ -733,24 +775,10 @@ def evaluate_saved_model(
 
     The result is also written next to the model (``evaluation.json``, ``evaluation.txt``).
     """
-    from pipeline.distributed import connect
-    from pipeline.ingest import ingest
-    from pipeline.io.cube import open_cube
-    from pipeline.model.bundle import load_bundle
-
-    bundle = load_bundle(model)
-    annotations = read_annotations(dataset, trust_npz=trust_npz)
-    recordings = annotations.test or annotations.train
-    cube = Path(cube) if cube is not None else Path(model).with_name(Path(model).name + ".cube.zarr")
-    with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
-        _complete_cube(
-            ingest(audio_dir, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=progress)
-        )
-    cube_ds = open_cube(cube)
-    if cube_ds.attrs["fingerprint"] != bundle.fingerprint:
-        raise TrainingError(
-            f"{cube}: spectrogram fingerprint {cube_ds.attrs['fingerprint']} differs from the model's {bundle.fingerprint}"
-        )
+    bundle, cube_ds, recordings = model_on_annotations(
+        model, dataset, audio_dir, cube=cube, trust_npz=trust_npz, cluster=cluster, client=client,
+        n_workers=n_workers, progress=progress,
+    )  # fmt: skip
     predictor = Predictor.from_bundle(bundle)
     metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)
     _write_report(Path(model), metrics)
