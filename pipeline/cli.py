@@ -239,7 +239,9 @@ def cmd_evaluate(args) -> int:
         from pipeline.evaluate import format_report
 
         print(format_report(result))
-    return EXIT_OK
+    for problem in result["skipped"]:
+        print(f"skipped: {problem}", file=sys.stderr)
+    return EXIT_SOME_FAILED if result["skipped"] else EXIT_OK
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -319,10 +321,12 @@ def _model_scored_calls(args):
     """Run a model bundle on the annotated recordings (as 'batml evaluate' does): (calls, detections, classes)."""
     from pipeline.train import Predictor, calls_table, detect_recordings, model_on_annotations
 
-    bundle, cube, recordings = model_on_annotations(
+    bundle, cube, recordings, problems = model_on_annotations(
         args.model, args.dataset, args.audio, split=args.split, cube=args.cube, trust_npz=args.trust_npz,
         cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
     )  # fmt: skip
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
     predictor = Predictor.from_bundle(bundle)
     return calls_table(recordings, cube), detect_recordings(predictor, cube, recordings, bundle.classes), bundle.classes
 

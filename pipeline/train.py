@@ -730,9 +730,11 @@ def model_on_annotations(
     n_workers: int | None = None,
     progress: bool = True,
 ):
-    """A model bundle, the cube of the annotated recordings made with its settings, and the
+    """A model bundle, the cube of the annotated recordings made with its settings, the
     recordings of ``split`` (``"test"``: the test split, all recordings if none; ``"train"``;
-    ``"all"``): what ``batml evaluate`` and ``batml plot pr|confusion`` run the model on.
+    ``"all"``) that can be used, and one line per other one saying why (as
+    :func:`usable_annotations`: not found, rejected, or a link outside ``audio_dir``): what
+    ``batml evaluate`` and ``batml plot pr|confusion`` run the model on.
     """
     from pipeline.distributed import connect
     from pipeline.ingest import ingest
@@ -756,7 +758,8 @@ def model_on_annotations(
         raise TrainingError(
             f"{cube}: spectrogram fingerprint {cube_ds.attrs['fingerprint']} differs from the model's {bundle.fingerprint}"
         )
-    return bundle, cube_ds, recordings
+    usable, problems = usable_annotations(Annotations(recordings, [], bundle.classes, True), cube_ds, audio_dir)
+    return bundle, cube_ds, usable.train, problems
 
 
 def evaluate_saved_model(
@@ -773,13 +776,15 @@ def evaluate_saved_model(
 ) -> dict:
     """Evaluate a model bundle on the test split (all recordings if none): ``batml evaluate``.
 
-    The result is also written next to the model (``evaluation.json``, ``evaluation.txt``).
+    The result is also written next to the model (``evaluation.json``, ``evaluation.txt``);
+    its ``"skipped"`` lists the annotated recordings left out, each with the reason.
     """
-    bundle, cube_ds, recordings = model_on_annotations(
+    bundle, cube_ds, recordings, problems = model_on_annotations(
         model, dataset, audio_dir, cube=cube, trust_npz=trust_npz, cluster=cluster, client=client,
         n_workers=n_workers, progress=progress,
     )  # fmt: skip
     predictor = Predictor.from_bundle(bundle)
     metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)
+    metrics["skipped"] = problems
     _write_report(Path(model), metrics)
     return metrics

@@ -169,6 +169,42 @@ def test_annotation_names_cannot_leave_the_audio_folder(lab, tmp_path):
     assert [r.file for r in kept.train] == ["odd/link_out", "odd/pcm16"] and len(problems) == 2
 
 
+def test_evaluate_lists_the_recordings_it_leaves_out(lab, tmp_path, capsys):
+    """'batml evaluate' refuses the same names as 'train' (a link outside the audio folder,
+    '..', a recording not found), lists each with its reason, records them in evaluation.json
+    and exits 3; the recordings it keeps are evaluated as if the others were not there."""
+    import json
+
+    import pandas as pd
+
+    from pipeline.io.annotations import seed_npz_to_calls
+
+    model = tmp_path / "model"
+    shutil.copytree(lab.reference, model)
+    calls = seed_npz_to_calls(read_seed_npz(lab.archive.annotations_npz))
+    names = ["odd/link_out", "../escape", "nowhere/missing"]
+    extra = pd.DataFrame({"file": names, "split": "test", "position": 0.05, "class": 1, "duration": 0.1})
+    clean, dirty = tmp_path / "clean.csv", tmp_path / "dirty.csv"
+    calls.to_csv(clean, index=False)
+    pd.concat([calls, extra]).to_csv(dirty, index=False)
+
+    def evaluate(csv: Path) -> tuple[int, dict, list[str]]:
+        argv = ["evaluate", str(model), str(csv), "--audio", str(lab.archive.root), "--cube", str(lab.cube)]
+        status = main([*argv, "--workers", "1", "-q", "--json"])
+        out, err = capsys.readouterr()
+        return status, json.loads(out), [line for line in err.splitlines() if line.startswith("skipped: ")]
+
+    status, result, skipped = evaluate(dirty)
+    assert status == 3, skipped
+    assert len(skipped) == 3 and [sum(f"skipped: {n}:" in line for line in skipped) for n in names] == [1, 1, 1]
+    assert "outside the audio folder" in next(line for line in skipped if "odd/link_out" in line)
+    assert json.loads((model / "evaluation.json").read_text())["skipped"] == result["skipped"]
+    assert len(result["skipped"]) == 3
+    status, reference, skipped = evaluate(clean)
+    assert status == 0 and skipped == [] and reference["skipped"] == []
+    assert result["detection"] == reference["detection"] and result["classification"] == reference["classification"]
+
+
 # --- 3. untrusted files -------------------------------------------------------------------------
 
 
