@@ -350,7 +350,10 @@ def test_interrupted_train_leaves_no_bundle_and_reruns_to_the_same_model(lab, tm
     bundle and no partial one; the same command again gives the reference model."""
     cube = shutil.copytree(lab.cube, tmp_path / "cube.zarr")
     model = tmp_path / "model"
-    cmd = [sys.executable, "-m", "pipeline.cli", *_train_argv(lab, model, cube)]
+    # batml as started from a terminal, where Ctrl-C raises KeyboardInterrupt: a test run
+    # started in the background by a script inherits SIGINT ignored, and Python keeps it so.
+    sigint = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)"
+    cmd = [sys.executable, "-c", f"{sigint}; from pipeline.cli import main; sys.exit(main())", *_train_argv(lab, model, cube)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None and not list(tmp_path.glob("batml-embedding-*")):
         time.sleep(0.01)
