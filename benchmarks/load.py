@@ -13,7 +13,7 @@ measured on its own. It prints
 - files, seconds of audio, wall and CPU seconds (driver + scheduler + workers, user + sys);
 - throughput: seconds of audio per CPU-second and files per second (wall);
 - peak resident memory (RSS, polled every 0.2 s) of each worker, of the scheduler and of
-  the driver;
+  the driver, over the run and in each tenth of it (growth shows as a rising row);
 - the Dask tasks: how many the scheduler was given (by kind), and the most it held at once.
 
 Targets (not asserted): worker and scheduler peaks that do not grow with the number of
@@ -196,22 +196,38 @@ class Cluster:
 
 
 class Sampler:
-    """Peak RSS (MB) of named processes, polled from a thread."""
+    """Peak RSS (MB) of named processes, polled from a thread, overall and in each tenth of the run."""
 
     def __init__(self, pids: dict, every: float = 0.2):
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak = {name: 0.0 for name in pids}
+        self.samples: list[tuple[float, dict]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
 
     def _run(self, every: float) -> None:
         while not self._stop.is_set():
+            rss = {}
             for name, proc in self.procs.items():
                 try:
-                    self.peak[name] = max(self.peak[name], proc.memory_info().rss / 2**20)
+                    rss[name] = proc.memory_info().rss / 2**20
                 except psutil.Error:
-                    pass
+                    continue
+                self.peak[name] = max(self.peak[name], rss[name])
+            self.samples.append((time.perf_counter(), rss))
             time.sleep(every)
+
+    def peaks_by_tenth(self) -> dict:
+        """``{name: [peak MB in each tenth of the run's time]}``: growth shows as a rising row."""
+        if not self.samples:
+            return {}
+        t0, t1 = self.samples[0][0], self.samples[-1][0]
+        out = {name: [0.0] * 10 for name in self.procs}
+        for t, rss in self.samples:
+            tenth = min(9, int(10 * (t - t0) / max(t1 - t0, 1e-9)))
+            for name, mb in rss.items():
+                out[name][tenth] = max(out[name][tenth], mb)
+        return out
 
     def cpu(self) -> float:
         """User + sys CPU seconds of the processes so far."""
@@ -258,6 +274,7 @@ def run(source: Path, out: Path, workers: int, scratch: Path) -> dict:
     return {
         "files": report.n_files, "audio_s": report.audio_seconds, "wall_s": wall, "cpu_s": cpu,
         "detections": report.n_detections, "timings": report.timings, "tasks": tasks, "peak_mb": sampler.peak,
+        "peak_mb_by_tenth": sampler.peaks_by_tenth(),
     }  # fmt: skip
 
 
@@ -276,6 +293,8 @@ def print_table(rows: list[tuple[str, dict]]) -> None:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["tasks"]["by_kind"].items()))
         steps = ", ".join(f"{k} {v:.0f} s" for k, v in r["timings"].items())
         print(f"  {name}: tasks: {kinds}; steps: {steps}; detections: {r['detections']}")
+        for process, tenths in sorted(r["peak_mb_by_tenth"].items()):
+            print(f"    peak MB of {process} in each tenth of the run: {' '.join(f'{mb:.0f}' for mb in tenths)}")
 
 
 def main(argv=None) -> None:
