@@ -168,7 +168,8 @@ class Cluster:
         quiet = {"stdout": subprocess.DEVNULL, "stderr": open(scratch / "cluster.log", "a")}
         self.scheduler = subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(self.file),
-             "--port", "0", "--dashboard-address", ":0", "--no-show"], env=env, **quiet,
+             "--port", "0", "--dashboard-address", ":0", "--no-show", "--preload", "pipeline.distributed"],
+            env=env, **quiet,
         )  # fmt: skip
         while not self.file.exists():
             time.sleep(0.2)

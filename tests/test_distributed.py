@@ -37,6 +37,25 @@ def test_workers_keep_no_profile_samples():
             }
 
 
+def test_cluster_logs_keep_a_bounded_number_of_task_messages():
+    """distributed's developer logs kept the last 1000 messages of each stream, and every
+    task message carries a chunk's recordings: they are kept to 100, on both sides."""
+    padding = "x" * 2_000
+    with dask.config.set({"batml.local.n_workers": 1}):
+        with connect("local", quiet=True) as client:
+            futures = [client.submit(len, padding, pure=False) for _ in range(300)]
+            assert sum(f.result() for f in futures) == 300 * len(padding)
+            del futures
+
+            def scheduler_logs(dask_scheduler):
+                streams = [len(stream.recent_message_log) for stream in dask_scheduler.stream_comms.values()]
+                return streams, len(dask_scheduler.transition_log)
+
+            streams, transitions = client.run_on_scheduler(scheduler_logs)
+            (stimuli,) = client.run(lambda dask_worker: len(dask_worker.state.stimulus_log)).values()
+    assert streams and max(streams) <= 100 and transitions <= 100 and stimuli <= 100, (streams, transitions, stimuli)
+
+
 def test_connects_to_a_running_scheduler(client, capsys):
     with connect(client.scheduler.address) as other:
         assert worker_threads(other) == worker_threads(client) == 2
