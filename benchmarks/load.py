@@ -201,7 +201,6 @@ class Sampler:
 
     def __init__(self, pids: dict, every: float = 0.2):
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.peak = {name: 0.0 for name in pids}
         self.samples: list[tuple[float, dict]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
@@ -213,10 +212,14 @@ class Sampler:
                 try:
                     rss[name] = proc.memory_info().rss / 2**20
                 except psutil.Error:
-                    continue
-                self.peak[name] = max(self.peak[name], rss[name])
+                    pass
             self.samples.append((time.perf_counter(), rss))
             time.sleep(every)
+
+    @property
+    def peak(self) -> dict:
+        """``{name: peak MB over the run}``."""
+        return {name: max((rss.get(name, 0.0) for _, rss in self.samples), default=0.0) for name in self.procs}
 
     def peaks_by_tenth(self) -> dict:
         """``{name: [peak MB in each tenth of the run's time]}``: growth shows as a rising row."""

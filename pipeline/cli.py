@@ -239,9 +239,14 @@ def cmd_evaluate(args) -> int:
         from pipeline.evaluate import format_report
 
         print(format_report(result))
-    for problem in result["skipped"]:
-        print(f"skipped: {problem}", file=sys.stderr)
+    _print_skipped(result["skipped"])
     return EXIT_SOME_FAILED if result["skipped"] else EXIT_OK
+
+
+def _print_skipped(problems: list[str]) -> None:
+    """The annotated recordings a model was not run on, one line each, on stderr."""
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -325,8 +330,7 @@ def _model_scored_calls(args):
         args.model, args.dataset, args.audio, split=args.split, cube=args.cube, trust_npz=args.trust_npz,
         cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
     )  # fmt: skip
-    for problem in problems:
-        print(f"skipped: {problem}", file=sys.stderr)
+    _print_skipped(problems)
     predictor = Predictor.from_bundle(bundle)
     return calls_table(recordings, cube), detect_recordings(predictor, cube, recordings, bundle.classes), bundle.classes
 

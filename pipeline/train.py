@@ -73,6 +73,15 @@ def read_annotations(path: str | os.PathLike, *, trust_npz: bool = False) -> Ann
 
 
 def usable_annotations(annotations: Annotations, cube, audio_dir=None) -> tuple[Annotations, list[str]]:
+    """The annotated recordings of both splits that can be used, and one line per other one
+    saying why (see :func:`usable_recordings`)."""
+    train, train_problems = usable_recordings(annotations.train, cube, audio_dir)
+    test, test_problems = usable_recordings(annotations.test, cube, audio_dir)
+    usable = Annotations(train, test, annotations.classes, annotations.has_classes)
+    return usable, train_problems + test_problems
+
+
+def usable_recordings(recordings: list, cube, audio_dir=None) -> tuple[list, list[str]]:
     """The annotated recordings that can be used, and one line per other one saying why.
 
     A recording is left out when its name is absolute or holds ``..`` (it would lead outside
@@ -86,23 +95,17 @@ def usable_annotations(annotations: Annotations, cube, audio_dir=None) -> tuple[
 
     root = _local_root(audio_dir)
     paths = cube["path"].values
-    problems: list[str] = []
-    kept = {}
-    for split in ("train", "test"):
-        recordings = getattr(annotations, split)
-        indices, found = match_recordings(cube, [rec.file for rec in recordings])
-        problems += found
-        kept[split] = []
-        for rec, r in zip(recordings, indices):
-            if r is None:
-                continue
-            if root is not None and not _inside(str(paths[r]), root):
-                target = os.path.realpath(str(paths[r]))
-                problems.append(f"{rec.file}: refused: a link to {target}, outside the audio folder {root}")
-                continue
-            kept[split].append(rec)
-    usable = Annotations(kept["train"], kept["test"], annotations.classes, annotations.has_classes)
-    return usable, problems
+    indices, problems = match_recordings(cube, [rec.file for rec in recordings])
+    kept = []
+    for rec, r in zip(recordings, indices):
+        if r is None:
+            continue
+        if root is not None and not _inside(str(paths[r]), root):
+            target = os.path.realpath(str(paths[r]))
+            problems.append(f"{rec.file}: refused: a link to {target}, outside the audio folder {root}")
+            continue
+        kept.append(rec)
+    return kept, problems
 
 
 def _local_root(audio_dir) -> str | None:
@@ -733,7 +736,7 @@ def model_on_annotations(
     """A model bundle, the cube of the annotated recordings made with its settings, the
     recordings of ``split`` (``"test"``: the test split, all recordings if none; ``"train"``;
     ``"all"``) that can be used, and one line per other one saying why (as
-    :func:`usable_annotations`: not found, rejected, or a link outside ``audio_dir``): what
+    :func:`usable_recordings`: not found, rejected, or a link outside ``audio_dir``): what
     ``batml evaluate`` and ``batml plot pr|confusion`` run the model on.
     """
     from pipeline.distributed import connect
@@ -758,8 +761,8 @@ def model_on_annotations(
         raise TrainingError(
             f"{cube}: spectrogram fingerprint {cube_ds.attrs['fingerprint']} differs from the model's {bundle.fingerprint}"
         )
-    usable, problems = usable_annotations(Annotations(recordings, [], bundle.classes, True), cube_ds, audio_dir)
-    return bundle, cube_ds, usable.train, problems
+    usable, problems = usable_recordings(recordings, cube_ds, audio_dir)
+    return bundle, cube_ds, usable, problems
 
 
 def evaluate_saved_model(
