@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from pipeline._version import __version__
+from pipeline.interrupt import interruptible
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -696,17 +695,12 @@ def _plot_errors() -> tuple[type[BaseException], ...]:
     return (plot.PlotError,) if plot is not None else ()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (kill, SLURM's time limit): stop cleanly like Ctrl-C
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
-        return args.func(args)
+        with interruptible():  # SIGTERM (kill, SLURM's time limit) stops cleanly like Ctrl-C
+            return args.func(args)
     except KeyboardInterrupt:
         print("batml: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -718,9 +712,6 @@ def main(argv: list[str] | None = None) -> int:
         where = exc.filename or next((getattr(args, k) for k in ("out", "cube") if getattr(args, k, None)), "")
         print(f"batml: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import dask.config
 import dask.utils
 import yaml
 
+from pipeline.interrupt import raise_if_interrupted
+
 _DEFAULTS = Path(__file__).with_name("distributed.yaml")
 
 
@@ -107,6 +109,7 @@ def completed_in_turn(client, items, submit):
     for _ in range(in_flight):
         submit_next()
     for future in running:
+        raise_if_interrupted()  # one that a library swallowed stops the run at the next task
         yield future.batml_item, future
         submit_next()
 

@@ -276,3 +276,17 @@ def _append_chunk(path: Path, chunk_id: bytes, body: bytes) -> None:
         riff_size = fh.tell() - 8
         fh.seek(4)
         fh.write(struct.pack("<I", riff_size))
+
+
+def swallow_signal(signum: int) -> bool:
+    """Send ``signum`` to this process while catching everything, as a library with a bare
+    ``except:`` does (Keras's model saving): whether its handler raised, and was swallowed."""
+    import signal
+    import time
+
+    try:
+        signal.raise_signal(signum)
+        time.sleep(5)  # the handler runs in the main thread as soon as it gets there
+    except:  # noqa: E722 - the point: an interruption lost in a library
+        return True
+    return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,6 +17,7 @@ import xgboost  # noqa: E402
 
 from pipeline._version import __version__  # noqa: E402
 from pipeline.config import SpectrogramSettings  # noqa: E402
+from pipeline.interrupt import interruptible  # noqa: E402
 from pipeline.model.bundle import (  # noqa: E402
     FORMAT_VERSION,
     BundleError,
@@ -24,6 +26,7 @@ from pipeline.model.bundle import (  # noqa: E402
     save_bundle,
     update_bundle,
 )
+from pipeline.testing import swallow_signal  # noqa: E402
 
 # Keras's TensorFlow backend calls np.array on tensors in a way numpy 2 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -368,3 +371,18 @@ def test_bundle_pickles_without_its_loaded_models(saved):
     copy = pickle.loads(pickle.dumps(bundle))
     assert copy.classes == bundle.classes and copy._networks == {}
     assert copy.network("cnn_8") is not bundle.network("cnn_8")
+
+
+def test_an_interruption_swallowed_while_saving_leaves_the_old_bundle(saved, boosters, network):
+    """Keras's saving can swallow a KeyboardInterrupt: the bundle is not made visible anyway."""
+    before = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    with interruptible():
+        assert swallow_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            save_bundle(
+                saved, architecture="cnn8", classes=CLASSES, networks={"cnn_8": network}, boosters=None,
+                thresholds=THRESHOLDS, spectrogram=SpectrogramSettings(), training={}, metrics={}, params={},
+            )  # fmt: skip
+    after = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["model"]

@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 
 from pipeline._version import __version__  # noqa: E402
 from pipeline.config import FEATURE_VERSION, SettingsError, SpectrogramSettings  # noqa: E402
+from pipeline.interrupt import raise_if_interrupted  # noqa: E402
 from pipeline.model.registry import Architecture, get_architecture  # noqa: E402
 
 if TYPE_CHECKING:
@@ -338,6 +339,7 @@ def save_bundle(
         manifest["files"] = _write_models(path, staging, networks, boosters)
         _write_json_durably(staging / MANIFEST_NAME, manifest)
         _fsync_tree(staging)
+        raise_if_interrupted()  # an interruption that Keras swallowed while saving: no bundle
         if path.exists():
             os.rename(path, aside)
         os.rename(staging, path)

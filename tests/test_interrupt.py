@@ -1,0 +1,48 @@
+"""Ctrl-C and SIGTERM stop a command even where a library swallows the KeyboardInterrupt."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from pipeline.distributed import run_chunks
+from pipeline.interrupt import interruptible, raise_if_interrupted
+from pipeline.testing import swallow_signal
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_swallowed_interruption_is_raised_again_until_the_command_ends(signum):
+    with interruptible():
+        assert swallow_signal(signum)
+        for _ in range(2):  # every commit point after it, not only the first
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_interrupted()
+    raise_if_interrupted()  # the next command starts afresh
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_ctrl_c_stays_ignored_when_the_parent_ignores_it():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interruptible():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_chunks_stop_at_the_next_task_after_a_swallowed_interruption(client):
+    submitted = []
+
+    def submit(chunk):
+        submitted.append(chunk)
+        return client.submit(abs, -chunk, pure=False)
+
+    with interruptible():
+        assert swallow_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            run_chunks(client, list(range(100)), submit, desc="test", progress=False)
+    assert len(submitted) < 100
+    assert run_chunks(client, list(range(20)), submit, desc="test", progress=False) == []
