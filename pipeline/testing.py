@@ -278,15 +278,38 @@ def _append_chunk(path: Path, chunk_id: bytes, body: bytes) -> None:
         fh.write(struct.pack("<I", riff_size))
 
 
-def swallow_signal(signum: int) -> bool:
-    """Send ``signum`` to this process while catching everything, as a library with a bare
-    ``except:`` does (Keras's model saving): whether its handler raised, and was swallowed."""
+def swallow_signal(signum: int, where: str = "bare except") -> bool:
+    """Send ``signum`` to this process where its handler's exception is lost: in a bare
+    ``except:``, as a library does (Keras's model saving), or in a ``"finaliser"``, which
+    Python reports to :func:`sys.unraisablehook` and goes on (distributed's gc callback).
+    Whether the handler raised, and was swallowed."""
     import signal
+    import sys
     import time
 
-    try:
-        signal.raise_signal(signum)
-        time.sleep(5)  # the handler runs in the main thread as soon as it gets there
-    except:  # noqa: E722 - the point: an interruption lost in a library
-        return True
-    return False
+    raised = []
+
+    def interrupted() -> None:
+        try:
+            signal.raise_signal(signum)
+            time.sleep(5)  # the handler runs in the main thread as soon as it gets there
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    if where == "bare except":
+        try:
+            interrupted()
+        except:  # noqa: E722 - the point: an interruption lost in a library
+            pass
+    elif where == "finaliser":
+
+        class Dying:
+            def __del__(self):
+                interrupted()
+
+        Dying()  # dropped at once, its exception reported to sys.unraisablehook
+        sys.stderr.flush()
+    else:
+        raise ValueError(f"where must be 'bare except' or 'finaliser', not {where!r}")
+    return bool(raised)

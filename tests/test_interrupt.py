@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 import pytest
 
@@ -21,6 +22,27 @@ def test_a_swallowed_interruption_is_raised_again_until_the_command_ends(signum)
     raise_if_interrupted()  # the next command starts afresh
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interruption_lost_in_a_finaliser_is_raised_again_without_a_traceback(signum, capfd, monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's, not pytest's
+    with interruptible():
+        assert swallow_signal(signum, where="finaliser")
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_other_errors_in_finalisers_are_still_reported(capfd, monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    class Broken:
+        def __del__(self):
+            raise ValueError("a bug in a finaliser")
+
+    with interruptible():
+        Broken()
+    assert "ValueError: a bug in a finaliser" in capfd.readouterr().err
 
 
 def test_ctrl_c_stays_ignored_when_the_parent_ignores_it():
