@@ -46,6 +46,7 @@ def test_an_interruption_lost_in_a_finaliser_is_raised_again_without_a_traceback
 
 def test_other_errors_in_finalisers_are_still_reported(capfd, monkeypatch):
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+
     class Broken:
         def __del__(self):
             raise ValueError("a bug in a finaliser")
@@ -56,13 +57,10 @@ def test_other_errors_in_finalisers_are_still_reported(capfd, monkeypatch):
 
 
 def test_ctrl_c_stays_ignored_when_the_parent_ignores_it():
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with interruptible():
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)  # batml's
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # put back by the ctrl_c fixture
+    with interruptible():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)  # batml's
 
 
 def test_chunks_stop_at_the_next_task_after_a_swallowed_interruption(client):
