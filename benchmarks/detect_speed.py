@@ -38,7 +38,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import psutil
 
@@ -105,7 +104,7 @@ def real_archive(root: Path, copies: int) -> Path:
 
 
 def monitoring_archive(root: Path, minutes: float) -> Path:
-    from pipeline.simulate import simulate_archive
+    from pipeline.simulation import simulate_archive
 
     folder = root / f"monitoring-{minutes:g}min"
     if not folder.exists():
@@ -115,8 +114,8 @@ def monitoring_archive(root: Path, minutes: float) -> Path:
 
 def detection_ap(archive: Path, out: Path) -> float:
     """Detection AP of a run's events against the simulated calls (matched within 10 ms)."""
-    from pipeline.evaluate import detection_average_precision
-    from pipeline.io.detections import read_detections
+    from pipeline.evaluation.metrics import detection_average_precision
+    from pipeline.outputs.parts import read_detections
 
     calls = pd.read_csv(archive / "annotations.csv")
     calls = pd.DataFrame({"recording": [str(archive / f"{f}.wav") for f in calls["file"]], "position": calls["position"],

@@ -46,7 +46,7 @@ def _bytes(path: Path, pattern: str = "*") -> int:
 
 
 def archive(data: Path, hours: float) -> Path:
-    from pipeline.simulate import simulate_archive
+    from pipeline.simulation import simulate_archive
 
     root = data / f"sim-{hours:g}h"
     if not (root / "annotations.csv").exists():
@@ -59,7 +59,7 @@ def archive(data: Path, hours: float) -> Path:
 def run(root: Path, cube: Path, workers: int) -> dict:
     from distributed import Client, LocalCluster
 
-    from pipeline.ingest import ingest
+    from pipeline.ingestion import ingest
 
     shutil.rmtree(cube, ignore_errors=True)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:

@@ -259,7 +259,7 @@ class Sampler:
 
 def run(source: Path, out: Path, workers: int, scratch: Path) -> dict:
     """``detect`` of one archive on a fresh cluster: its report, time, CPU, memory and tasks."""
-    from pipeline.detect_archive import detect_archive
+    from pipeline.detection.archive import detect_archive
 
     shutil.rmtree(out, ignore_errors=True)
     cluster = Cluster(workers, scratch)

@@ -28,9 +28,10 @@ def _bytes(path: Path) -> int:
 
 def inference_cost(model: Path, annotations, cube_path: Path) -> float:
     """CPU-seconds per second of audio of the dense detection of the test recordings."""
+    from pipeline.evaluation.recordings import detect_recordings
     from pipeline.io.cube import open_cube
     from pipeline.model.bundle import load_bundle
-    from pipeline.train import Predictor, detect_recordings
+    from pipeline.model.predictor import Predictor
 
     bundle = load_bundle(model)
     predictor = Predictor.from_bundle(bundle)
@@ -44,10 +45,11 @@ def inference_cost(model: Path, annotations, cube_path: Path) -> float:
 def main() -> None:
     from distributed import Client, LocalCluster
 
-    from pipeline.ingest import ingest
+    from pipeline.annotations import read_annotations
+    from pipeline.ingestion import ingest
     from pipeline.model.registry import ARCHITECTURE_NAMES
-    from pipeline.simulate import simulate_archive
-    from pipeline.train import TrainSettings, read_annotations, train
+    from pipeline.simulation import simulate_archive
+    from pipeline.training.job import TrainSettings, train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0)

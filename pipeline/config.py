@@ -35,6 +35,12 @@ SEED_SPECIES = ("Barbarg", "Envsp", "Myosp", "Pip35", "Pip50", "Plesp", "Rhisp")
 ChannelPolicy = Literal["each", "first", "mix"]
 CHANNEL_POLICIES: tuple[str, ...] = ("each", "first", "mix")
 
+#: ``channel`` of a recording that is the mean of all channels of its file.
+MIX_CHANNEL = -1
+
+#: Spectrogram columns in a model window (40 STFT frames, about 23 ms, zoomed by 2).
+WINDOW_COLUMNS = 20
+
 
 class SettingsError(ValueError):
     """A settings file or option that cannot be used; its message is one line for the user."""

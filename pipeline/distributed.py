@@ -276,9 +276,19 @@ def _wait_for_slurm_worker(client) -> None:
         ) from None
 
 
+def running_client():
+    """The Dask client this process is already using (``distributed.Client.current``), or None."""
+    from distributed import Client
+
+    try:
+        return Client.current()
+    except ValueError:
+        return None
+
+
 @contextlib.contextmanager
 def connect(
-    cluster: str | None = "local",
+    cluster: str | None = None,
     *,
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -288,9 +298,12 @@ def connect(
 ) -> Iterator:
     """A :class:`distributed.Client` for the duration of a ``with`` block.
 
-    An existing ``client`` is used as is (and not closed). Otherwise the named cluster is
-    started (and stopped afterwards) or the scheduler address is connected to. The
-    dashboard address is printed on standard error unless ``quiet``.
+    An existing ``client`` is used as is (and not closed). ``cluster=None`` (the default of
+    every Python call) uses the client this process is already running, if any (a
+    ``distributed.Client`` made in a notebook), and otherwise starts a local cluster;
+    ``"local"`` (what the ``batml`` command passes) always starts one. Otherwise the named
+    cluster is started (and stopped afterwards) or the scheduler address is connected to.
+    The dashboard address of a started cluster is printed on standard error unless ``quiet``.
 
     With ``"slurm"``, ``n_workers`` SLURM jobs (default ``batml.slurm.jobs``) are submitted
     and the block starts once the first worker has joined; :class:`ClusterError` if none
@@ -298,6 +311,8 @@ def connect(
     """
     from distributed import Client
 
+    if client is None and cluster is None:
+        client = running_client()
     if client is not None:
         yield client
         return

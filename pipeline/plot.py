@@ -14,10 +14,10 @@ of your own (``axes`` for :func:`spectrogram`). In Jupyter the returned figure i
     plot.activity(calls, by="hour", timestamps=cube)
 
 The tables are those of the rest of batml: *detections* as
-:func:`pipeline.io.detections.read_detections` returns them (``file``, ``channel``, ``time``,
+:func:`pipeline.outputs.parts.read_detections` returns them (``file``, ``channel``, ``time``,
 ``class``, ``probability``, ``score``, ``prob_<class>``), *calls* as
 :func:`pipeline.io.annotations.read_calls_csv` returns them (``file``, ``position``, ``class``
-1..K). The scores come from :mod:`pipeline.evaluate`, never recomputed here.
+1..K). The scores come from :mod:`pipeline.evaluation`, never recomputed here.
 
 **Which species a call is.** A call is multi-label: it counts for every species whose
 probability reaches ``min_probability``. The calls kept are then exactly those whose
@@ -33,7 +33,6 @@ import math
 import os
 import re
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -43,14 +42,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pipeline.evaluate import (
+from pipeline.annotations.matching import align_recordings
+from pipeline.detection.schema import probability_column
+from pipeline.evaluation.matching import (
     DEFAULT_TOLERANCE,
-    class_average_precision,
-    detection_average_precision,
     event_labels,
     match_detections,
-    probability_column,
 )
+from pipeline.evaluation.metrics import (
+    class_average_precision,
+    detection_average_precision,
+)
+from pipeline.files import atomic_path
 
 #: Colour of each of the seven groups (tab10, stable whatever the groups plotted).
 SPECIES_COLOURS = {
@@ -121,7 +124,7 @@ def _detections_table(detections, *, min_probability=None) -> pd.DataFrame:
         return detections
     if hasattr(detections, "compute"):
         return detections.compute()
-    from pipeline.io.detections import read_detections
+    from pipeline.outputs.parts import read_detections
 
     return read_detections(detections, min_probability=min_probability)
 
@@ -183,12 +186,8 @@ def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: int = 100) -> P
     supported = figure.canvas.get_supported_filetypes()
     if fmt not in supported:
         raise PlotError(f"{path}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -220,7 +219,7 @@ def _column_range(n_columns: int, step: float, begin: float | None, end: float |
 
 def _recording_detections(detections, path: str, channel: int, begin: float, end: float, min_probability: float):
     if isinstance(detections, (str, os.PathLike)):  # a run's folder: only this file's rows are read
-        from pipeline.io.detections import read_detections
+        from pipeline.outputs.parts import read_detections
 
         table = read_detections(detections, min_probability=min_probability, files=path)
     else:
@@ -236,16 +235,17 @@ def _recording_detections(detections, path: str, channel: int, begin: float, end
 
 
 def _model_predictor(model, fingerprint: str):
-    """``(predictor, classes, thresholds)`` of a bundle (or its path) made for the cube's settings."""
-    from pipeline.model.bundle import ModelBundle, load_bundle
-    from pipeline.train import Predictor
+    """``(predictor, classes, thresholds)`` of a model (a :class:`~pipeline.model.model.Model`,
+    a bundle or a bundle's path) made for the cube's settings."""
+    from pipeline.model.model import Model, open_model
 
-    bundle = model if isinstance(model, ModelBundle) else load_bundle(model, expect_fingerprint=fingerprint)
-    if bundle.fingerprint != fingerprint:
+    if not isinstance(model, Model):
+        model = Model(model) if hasattr(model, "spectrogram") else open_model(model)
+    if model.fingerprint != fingerprint:
         raise PlotError(
-            f"{bundle.path}: the model expects spectrogram settings {bundle.fingerprint}, the cube has {fingerprint}"
+            f"{model.path}: the model expects spectrogram settings {model.fingerprint}, the cube has {fingerprint}"
         )
-    return Predictor.from_bundle(bundle), bundle.classes, bundle.thresholds
+    return model.predictor(booster_gate=0.0), model.classes, model.thresholds
 
 
 def _draw_probabilities(ax, times, probs, classes, thresholds):
@@ -314,8 +314,9 @@ def spectrogram(
     >>> spectrogram(cube, "site01/20260612_213015.wav", 1.0, 2.5,
     ...             detections="results/night", model=pipeline.open_model())   # doctest: +SKIP
     """
-    from pipeline.detect import WINDOW_COLUMNS, column_probabilities
-    from pipeline.detect_archive import window_seconds
+    from pipeline.config import WINDOW_COLUMNS
+    from pipeline.detection.archive import window_seconds
+    from pipeline.detection.scoring import column_probabilities
 
     where = f"{os.fspath(cube)}: " if isinstance(cube, (str, os.PathLike)) else ""
     cube = _open(cube)
@@ -395,53 +396,6 @@ def _draw_boxes(ax, calls: pd.DataFrame, min_probability: float, duration: float
 # --------------------------------------------------------------------------------------------
 
 
-def _without_extension(path: str) -> tuple[str, ...]:
-    return PurePosixPath(str(PurePosixPath(str(path).replace("\\", "/")).with_suffix(""))).parts
-
-
-def align_recordings(calls: pd.DataFrame, detections: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Give annotated calls and detected calls the same ``recording`` names.
-
-    Parameters
-    ----------
-    calls : pandas.DataFrame
-        Annotated calls: ``file`` (the recording's name without extension, possibly with
-        folders, as in a CSV of calls), ``position``, ``class``; or already ``recording``.
-    detections : pandas.DataFrame
-        Detected calls: ``file`` (the path as the cube stores it) and ``channel``; or
-        already ``recording``.
-
-    Returns
-    -------
-    (calls, detections)
-        Copies with a ``recording`` column, what :mod:`pipeline.evaluate` reads. A detected
-        file takes the name of the annotated recording whose name ends its path (without
-        extension, whole folder names); a file of several channels is scored on its first.
-        Detections of files not annotated keep their path (they count as false positives),
-        and annotated recordings without detections keep their name (their calls are misses).
-    """
-    calls, detections = calls.copy(), detections.copy()
-    if "recording" not in calls.columns:
-        calls["recording"] = calls["file"].astype(str)
-    if "recording" in detections.columns:
-        return calls, detections
-    if "channel" in detections.columns and len(detections):
-        first = detections.groupby("file")["channel"].transform("min")
-        detections = detections[detections["channel"] == first]
-    names = {PurePosixPath(str(n).replace("\\", "/")).parts: n for n in calls["recording"].unique()}
-    longest = max((len(k) for k in names), default=0)
-
-    def name_of(path: str) -> str:
-        parts = _without_extension(path)
-        for k in range(min(longest, len(parts)), 0, -1):
-            if parts[-k:] in names:
-                return names[parts[-k:]]
-        return path
-
-    detections["recording"] = detections["file"].astype(str).map({p: name_of(p) for p in detections["file"].unique()})
-    return calls, detections
-
-
 @contextlib.contextmanager
 def _plot_errors():
     """The evaluation's complaints about its inputs (a missing column, a class outside 1..K)
@@ -487,16 +441,16 @@ def precision_recall(
         The class names, class ``k`` of ``calls`` being ``classes[k - 1]``; default: those of
         the ``prob_`` columns.
     tolerance : float
-        Matching tolerance (s), :func:`pipeline.evaluate.match_detections`.
+        Matching tolerance (s), :func:`pipeline.evaluation.matching.match_detections`.
     ax : matplotlib Axes, optional
     figsize : (float, float)
 
     Returns
     -------
     matplotlib.figure.Figure
-        One curve for the detection (black, :func:`pipeline.evaluate.detection_average_precision`)
+        One curve for the detection (black, :func:`pipeline.evaluation.metrics.detection_average_precision`)
         and one per class with at least one annotated call
-        (:func:`pipeline.evaluate.class_average_precision`).
+        (:func:`pipeline.evaluation.metrics.class_average_precision`).
 
     Examples
     --------
@@ -552,7 +506,7 @@ def confusion_counts(
     pandas.DataFrame
         Integer counts; index the true species (``classes``), columns ``classes`` then
         :data:`MISSED`. Each annotated call counts once: under the most probable class of the
-        detection matched to its moment (:func:`pipeline.evaluate.match_detections`, one
+        detection matched to its moment (:func:`pipeline.evaluation.matching.match_detections`, one
         detection per moment), or as missed. Two species calling at one moment are two calls
         of one moment, both under that detection's class.
     """

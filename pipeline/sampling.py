@@ -31,10 +31,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath, PureWindowsPath
 
 import numpy as np
 
+from pipeline.annotations.matching import match_recordings
 from pipeline.config import SpectrogramSettings
 from pipeline.io.annotations import RecordingCalls
 
@@ -347,106 +347,6 @@ def cube_column_steps(cube) -> np.ndarray:
     """Column step (s) of every recording of a cube, from its stored spectrogram settings."""
     settings = SpectrogramSettings.from_dict(json.loads(cube.attrs["spectrogram_settings"]), source="cube")
     return np.array([settings.column_step_s(float(rate)) for rate in cube["real_rate"].values])
-
-
-def _name_parts(path: str) -> tuple[str, ...]:
-    return PurePosixPath(str(path).replace("\\", "/")).parts
-
-
-def recording_lookup(cube_paths: Sequence[str]) -> dict[tuple[str, ...], list[int]]:
-    """Map every tail of every cube path, without its extension, to the recordings having it.
-
-    ``/data/night/site01/x.wav`` is found as ``("x",)``, ``("site01", "x")``,
-    ``("night", "site01", "x")`` and so on; the recordings (channels) of one file are listed
-    in cube order.
-    """
-    lookup: dict[tuple[str, ...], list[int]] = {}
-    for r, path in enumerate(cube_paths):
-        parts = _name_parts(str(PurePosixPath(str(path).replace("\\", "/")).with_suffix("")))
-        for k in range(1, len(parts) + 1):
-            lookup.setdefault(parts[-k:], []).append(r)
-    return lookup
-
-
-def unsafe_name(name: str) -> str | None:
-    """Why an annotated recording name must not be used, or None: names are relative to the
-    audio folder, so an absolute name or one with a ``..`` component is refused."""
-    text = str(name)
-    posix = text.replace("\\", "/")
-    if posix.startswith("/") or PureWindowsPath(text).drive:
-        return "refused: an absolute path (names are relative to the audio folder)"
-    if ".." in PurePosixPath(posix).parts:
-        return "refused: '..' would lead outside the audio folder"
-    return None
-
-
-def _rejected_files(cube) -> dict[tuple[str, ...], list[str]]:
-    """Every tail of the paths of the files the manifest rejected, to their reasons."""
-    if "file_path" not in cube.variables:
-        return {}
-    out: dict[tuple[str, ...], list[str]] = {}
-    paths, statuses, reasons = (cube[f"file_{k}"].values for k in ("path", "status", "reason"))
-    rejected = [(str(p), str(why)) for p, st, why in zip(paths, statuses, reasons) if str(st) == "rejected"]
-    lookup = recording_lookup([p for p, _ in rejected])
-    return {tail: [rejected[i][1] for i in found] for tail, found in lookup.items()}
-
-
-def match_recordings(cube, names: Sequence[str]) -> tuple[list[int | None], list[str]]:
-    """The cube recording of each annotated recording name, or None with the reason.
-
-    Parameters
-    ----------
-    cube : xarray.Dataset
-        An opened cube; only its small tables are read.
-    names : sequence of str
-        Recording names without extension, possibly with folders
-        (``site01/20260612_213015``), POSIX separators.
-
-    Returns
-    -------
-    indices : list of int or None
-        For each name, the index (dimension ``recording``) of its recording in the cube, or
-        None when it cannot be used.
-    problems : list of str
-        One line per name left out: ``'<name>: refused: ...'`` (an absolute name, or one
-        with ``..``: it would lead outside the audio folder), ``'<name>: <reason>'`` (a file
-        of the archive rejected when its header was read: empty, not audio, too short...),
-        ``'<name>: not in the cube'``, ``'<name>: ambiguous, matches <n> files of the
-        cube'`` or ``'<name>: <status>'`` (a recording the cube could not compute).
-
-    Notes
-    -----
-    A name matches a cube recording whose path, without its extension, ends with the name's
-    components (whole components, case-sensitive). The first recording of the file in the
-    cube is used (its first channel, when channels are analysed apart). Names are never
-    opened as paths: only recordings found under the archive's folder can match.
-    """
-    status = [str(v) for v in cube["status"].values]
-    file_index = cube["file_index"].values
-    lookup = recording_lookup([str(p) for p in cube["path"].values])
-    rejected_files = _rejected_files(cube)
-    indices: list[int | None] = []
-    problems: list[str] = []
-    for name in names:
-        escape = unsafe_name(name)
-        if escape is not None:
-            problems.append(f"{name}: {escape}")
-            indices.append(None)
-            continue
-        matches = lookup.get(_name_parts(name), [])
-        n_files = len({int(file_index[r]) for r in matches})
-        r = matches[0] if matches else None
-        if r is None:
-            reasons = rejected_files.get(_name_parts(name), [])
-            problems.append(f"{name}: {reasons[0] if len(reasons) == 1 else 'not in the cube'}")
-        elif n_files > 1:
-            problems.append(f"{name}: ambiguous, matches {n_files} files of the cube")
-            r = None
-        elif status[r] != "ok":
-            problems.append(f"{name}: {status[r]}")
-            r = None
-        indices.append(r)
-    return indices, problems
 
 
 def build_samples(

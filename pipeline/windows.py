@@ -30,10 +30,8 @@ import keras
 import numpy as np
 import zarr
 
+from pipeline.config import WINDOW_COLUMNS
 from pipeline.sampling import Samples
-
-#: Columns of a model window (the seed's 40 frames zoomed by 0.5).
-WINDOW_COLUMNS = 20
 
 
 def _range_reader(spectrogram_array) -> tuple[Callable[[int, int], np.ndarray], int, int]:

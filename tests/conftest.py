@@ -35,7 +35,7 @@ def client():
 @pytest.fixture(scope="session")
 def small_archive(tmp_path_factory):
     """A 1-minute simulated archive (read only: copy it before changing it)."""
-    from pipeline.simulate import simulate_archive
+    from pipeline.simulation import simulate_archive
 
     return simulate_archive(tmp_path_factory.mktemp("archive"), minutes=1.0, seed=7)
 

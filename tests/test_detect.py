@@ -7,17 +7,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from pipeline.detect import (
-    column_probabilities,
-    detect_columns,
-    detect_recording,
-    find_class_peaks,
-    find_detections,
-    minimum_halo_columns,
-    recording_windows,
-    smooth_probabilities,
-    species_rows,
-)
+from pipeline.detection.events import find_class_peaks, find_detections, smooth_probabilities
+from pipeline.detection.recording import detect_columns, detect_recording, minimum_halo_columns
+from pipeline.detection.schema import species_rows
+from pipeline.detection.scoring import column_probabilities, recording_windows
 
 CLASSES = ("Myosp", "Pip50")
 ROWS = 130

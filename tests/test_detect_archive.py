@@ -15,14 +15,16 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipeline import detect as dt
 from pipeline.cli import main
 from pipeline.config import IngestSettings, Settings
-from pipeline.detect_archive import DEFAULT_MODEL, DetectError, DetectSettings, detect_archive, is_cube
-from pipeline.io import detections as out_io
+from pipeline.detection.archive import DEFAULT_MODEL, detect_archive, is_cube
+from pipeline.detection.settings import DetectError, DetectSettings
+from pipeline.detection.recording import detect_recording
 from pipeline.io.cube import open_cube
 from pipeline.model.bundle import load_bundle
-from pipeline.train import Predictor
+from pipeline.model.predictor import Predictor
+from pipeline.outputs.folder import parts_directory
+from pipeline.outputs.parts import read_detections
 
 #: Chunks of 512 columns (0.6 s): a 1-minute archive gives about a hundred chunk borders.
 SMALL_CHUNKS = Settings(ingest=IngestSettings(chunk_columns=512))
@@ -37,7 +39,7 @@ def detected(mixed_archive, tmp_path_factory, client):
 
 
 def _parts_frame(out) -> pd.DataFrame:
-    return out_io.read_detections(out)
+    return read_detections(out)
 
 
 def test_the_default_model_is_bundled_and_loads():
@@ -80,7 +82,7 @@ def test_chunk_borders_change_nothing(detected):
         one = cube.batml.recording(int(r))
         if one.sizes["time"] < 3 * 512:
             continue  # only recordings cut by several chunk borders
-        whole = dt.detect_recording(
+        whole = detect_recording(
             predictor, one["spectrogram"].values.astype(np.float32), one["offset"].values, bundle.classes,
             bundle.thresholds, scan=DetectSettings().scan,
         )  # fmt: skip
@@ -123,14 +125,14 @@ def test_lost_parts_are_detected_again_without_duplicates(detected, client, tmp_
     root, out, first = detected
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    parts = sorted(out_io.parts_directory(copy).glob("part-*.parquet"))
+    parts = sorted(parts_directory(copy).glob("part-*.parquet"))
     for part in parts[::7]:
         part.unlink()
-    (out_io.parts_directory(copy) / ".part-000001.parquet.tmp-dead").write_bytes(b"half")
+    (parts_directory(copy) / ".part-000001.parquet.tmp-dead").write_bytes(b"half")
     again = detect_archive(copy / "cube.zarr", copy, client=client, progress=False)
     assert again.chunks_detected == len(parts[::7])
     pd.testing.assert_frame_equal(_parts_frame(copy), _parts_frame(out))
-    assert not list(out_io.parts_directory(copy).glob(".part-*"))
+    assert not list(parts_directory(copy).glob(".part-*"))
 
 
 def test_another_threshold_or_fast_path_is_refused_in_the_same_out(detected, client):
@@ -217,7 +219,7 @@ def test_interrupted_run_resumes_to_the_same_outputs(detected, tmp_path, how):
     options = ["--out", str(out), "--config", str(config), "-q"]
     cmd = [sys.executable, "-m", "pipeline.cli", "detect", str(root), *options, "--workers", "2"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    parts = out_io.parts_directory(out)
+    parts = parts_directory(out)
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         if parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 10:

@@ -11,8 +11,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.detect import species_rows
-from pipeline.io import detections as D
+from pipeline.detection.schema import event_schema, events_table, species_rows
+from pipeline.outputs.folder import PARTS_DIRNAME, DetectionsError, part_path, remove_stale_temporaries
+from pipeline.outputs.parts import (
+    detection_classes,
+    finished_parts,
+    iter_parts,
+    open_detections,
+    read_detections,
+    write_part,
+)
+from pipeline.outputs.raven import RAVEN_COMBINED_COLUMNS, raven_table_names, write_raven
+from pipeline.outputs.reference_csv import recording_label, write_seed_csv
+from pipeline.outputs.report import calls_per_class, write_report
 
 CLASSES = ["Pip", "Nyc", "Myo"]
 
@@ -33,13 +44,13 @@ def _events(times, probs, scores=None) -> pd.DataFrame:
 def _random_part(rng, file, channel, n, t0=0.0) -> pd.DataFrame:
     probs = rng.uniform(0, 1, size=(n, len(CLASSES)))
     times = t0 + np.sort(rng.uniform(0, 10, size=n))
-    return D.events_table(file, channel, _events(times, probs, rng.uniform(0.5, 1, n)), CLASSES)
+    return events_table(file, channel, _events(times, probs, rng.uniform(0.5, 1, n)), CLASSES)
 
 
 def _temporaries(out) -> list[str]:
     """Hidden temporaries left in OUT or its folder of parts."""
     found = []
-    for folder in (out, out / D.PARTS_DIRNAME):
+    for folder in (out, out / PARTS_DIRNAME):
         if folder.is_dir():
             found += [e.name for e in folder.iterdir() if e.name.startswith(".")]
     return found
@@ -51,58 +62,58 @@ def _temporaries(out) -> list[str]:
 
 def test_events_table_schema_argmax_and_ties():
     events = _events([0.5, 1.25, 2.0], [[0.2, 0.7, 0.1], [0.6, 0.6, 0.3], [0.1, 0.2, 0.9]], [0.8, 0.7, 0.95])
-    table = D.events_table("/data/a.wav", -1, events, CLASSES)
-    assert list(table.columns) == list(D.event_schema(CLASSES).names)
+    table = events_table("/data/a.wav", -1, events, CLASSES)
+    assert list(table.columns) == list(event_schema(CLASSES).names)
     assert list(table.columns[:6]) == ["file", "channel", "time", "class", "probability", "score"]
     assert "column" not in table.columns
     assert list(table["class"]) == ["Nyc", "Pip", "Myo"]  # a tie goes to the first class
     np.testing.assert_array_equal(table["probability"], np.float32([0.7, 0.6, 0.9]))
     assert table["channel"].dtype == np.int32 and set(table["channel"]) == {-1}
     assert table["probability"].dtype == np.float32 and table["time"].dtype == np.float64
-    empty = D.events_table("/data/a.wav", 0, events.iloc[:0], CLASSES)
+    empty = events_table("/data/a.wav", 0, events.iloc[:0], CLASSES)
     assert len(empty) == 0 and list(empty.columns) == list(table.columns)
 
 
 def test_part_round_trip_keeps_values_types_and_classes(tmp_path):
     rng = np.random.default_rng(0)
     events = _random_part(rng, "/data/a.wav", 1, 40)
-    path = D.write_part(tmp_path, 12, events)
+    path = write_part(tmp_path, 12, events)
     assert path == tmp_path / "detections.parquet" / "part-000012.parquet"
     table = pq.read_table(path)
-    assert table.schema.equals(D.event_schema(CLASSES), check_metadata=False)
+    assert table.schema.equals(event_schema(CLASSES), check_metadata=False)
     assert json.loads(table.schema.metadata[b"batml"])["classes"] == CLASSES
     pd.testing.assert_frame_equal(table.to_pandas(), events)
-    assert D.detection_classes(tmp_path) == CLASSES
+    assert detection_classes(tmp_path) == CLASSES
     assert _temporaries(tmp_path) == []
 
 
 def test_empty_part_is_written_with_its_schema(tmp_path):
-    empty = D.events_table("/data/a.wav", 0, _events([], []), CLASSES)
-    D.write_part(tmp_path, 0, empty)
-    D.write_part(tmp_path, 1, pd.DataFrame(), classes=CLASSES)  # no columns at all, classes given
+    empty = events_table("/data/a.wav", 0, _events([], []), CLASSES)
+    write_part(tmp_path, 0, empty)
+    write_part(tmp_path, 1, pd.DataFrame(), classes=CLASSES)  # no columns at all, classes given
     for chunk in (0, 1):
-        schema = pq.read_schema(D.part_path(tmp_path, chunk))
-        assert schema.names == D.event_schema(CLASSES).names
+        schema = pq.read_schema(part_path(tmp_path, chunk))
+        assert schema.names == event_schema(CLASSES).names
         assert json.loads(schema.metadata[b"batml"])["classes"] == CLASSES
-    assert D.finished_parts(tmp_path) == {0, 1}
-    read = D.read_detections(tmp_path)
-    assert len(read) == 0 and list(read.columns) == list(D.event_schema(CLASSES).names)
+    assert finished_parts(tmp_path) == {0, 1}
+    read = read_detections(tmp_path)
+    assert len(read) == 0 and list(read.columns) == list(event_schema(CLASSES).names)
 
 
 def test_write_part_refuses_events_not_of_the_schema(tmp_path):
     raw = _events([0.1], [[0.9, 0.1, 0.1]])  # find_detections output: 'column', no 'file'
     with pytest.raises(ValueError, match="events_table"):
-        D.write_part(tmp_path, 0, raw)
+        write_part(tmp_path, 0, raw)
     with pytest.raises(ValueError, match="prob_"):
-        D.write_part(tmp_path, 0, pd.DataFrame())
-    assert D.finished_parts(tmp_path) == set()
+        write_part(tmp_path, 0, pd.DataFrame())
+    assert finished_parts(tmp_path) == set()
     assert _temporaries(tmp_path) == []
 
 
 def test_finished_parts_ignores_temporaries_and_unreadable_files(tmp_path):
     events = _random_part(np.random.default_rng(1), "/data/a.wav", 0, 5)
-    D.write_part(tmp_path, 2, events)
-    D.write_part(tmp_path, 7, events)
+    write_part(tmp_path, 2, events)
+    write_part(tmp_path, 7, events)
     parts = tmp_path / "detections.parquet"
     # A killed run: a complete-looking temporary, a truncated temporary, a corrupt part.
     good_bytes = (parts / "part-000002.parquet").read_bytes()
@@ -110,33 +121,33 @@ def test_finished_parts_ignores_temporaries_and_unreadable_files(tmp_path):
     (parts / ".part-000004.parquet.tmp-89ef").write_bytes(good_bytes[:50])
     (parts / "part-000005.parquet").write_bytes(b"PAR1 not really")
     (parts / "notes.txt").write_text("not a part")
-    assert D.finished_parts(tmp_path) == {2, 7}
-    assert D.finished_parts(parts) == {2, 7}  # the folder of parts itself works too
-    assert D.finished_parts(tmp_path / "elsewhere") == set()
+    assert finished_parts(tmp_path) == {2, 7}
+    assert finished_parts(parts) == {2, 7}  # the folder of parts itself works too
+    assert finished_parts(tmp_path / "elsewhere") == set()
     # The temporaries go, the parts (even the corrupt one, which a rerun replaces) stay.
-    removed = D.remove_stale_temporaries(tmp_path)
+    removed = remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [".part-000003.parquet.tmp-0123abcd", ".part-000004.parquet.tmp-89ef"]
     assert sorted(p.name for p in parts.iterdir()) == [
         "notes.txt", "part-000002.parquet", "part-000005.parquet", "part-000007.parquet",
     ]  # fmt: skip
     # The rerun of chunk 5 replaces the corrupt file.
-    D.write_part(tmp_path, 5, events)
-    assert D.finished_parts(tmp_path) == {2, 5, 7}
+    write_part(tmp_path, 5, events)
+    assert finished_parts(tmp_path) == {2, 5, 7}
 
 
 def test_readers_refuse_a_corrupt_part(tmp_path):
-    D.write_part(tmp_path, 0, _random_part(np.random.default_rng(2), "/a.wav", 0, 3))
+    write_part(tmp_path, 0, _random_part(np.random.default_rng(2), "/a.wav", 0, 3))
     (tmp_path / "detections.parquet" / "part-000001.parquet").write_bytes(b"garbage")
-    with pytest.raises(D.DetectionsError, match="part-000001.parquet"):
-        D.read_detections(tmp_path)
+    with pytest.raises(DetectionsError, match="part-000001.parquet"):
+        read_detections(tmp_path)
 
 
 def test_parts_of_other_classes_are_refused(tmp_path):
-    D.write_part(tmp_path, 0, _random_part(np.random.default_rng(3), "/a.wav", 0, 3))
-    other = D.events_table("/b.wav", 0, pd.DataFrame({"time": [1.0], "score": [0.9], "prob_X": [0.8]}), ["X"])
-    D.write_part(tmp_path, 1, other)
-    with pytest.raises(D.DetectionsError, match="different models"):
-        D.read_detections(tmp_path)
+    write_part(tmp_path, 0, _random_part(np.random.default_rng(3), "/a.wav", 0, 3))
+    other = events_table("/b.wav", 0, pd.DataFrame({"time": [1.0], "score": [0.9], "prob_X": [0.8]}), ["X"])
+    write_part(tmp_path, 1, other)
+    with pytest.raises(DetectionsError, match="different models"):
+        read_detections(tmp_path)
 
 
 def test_parts_read_back_in_chunk_order_whatever_the_writing_order(tmp_path):
@@ -147,9 +158,9 @@ def test_parts_read_back_in_chunk_order_whatever_the_writing_order(tmp_path):
         ignore_index=True,
     )
     chunk10 = _random_part(rng, "/r/long.wav", 0, 25, t0=10.0)
-    D.write_part(tmp_path, 10, chunk10)
-    D.write_part(tmp_path, 2, chunk2)
-    read = D.read_detections(tmp_path)
+    write_part(tmp_path, 10, chunk10)
+    write_part(tmp_path, 2, chunk2)
+    read = read_detections(tmp_path)
     expected = pd.concat([chunk2, chunk10], ignore_index=True)
     pd.testing.assert_frame_equal(read, expected)
     long = read[read["file"] == "/r/long.wav"]["time"].to_numpy()
@@ -159,12 +170,12 @@ def test_parts_read_back_in_chunk_order_whatever_the_writing_order(tmp_path):
     random.Random(0).shuffle(chunks)
     parts = {c: _random_part(rng, f"/r/{c:03d}.wav", 0, int(rng.integers(0, 300))) for c in chunks}
     for c in chunks:
-        D.write_part(tmp_path, c, parts[c])
-    read = D.read_detections(tmp_path / "detections.parquet")
+        write_part(tmp_path, c, parts[c])
+    read = read_detections(tmp_path / "detections.parquet")
     expected = pd.concat([chunk2, chunk10, *(parts[c] for c in sorted(parts))], ignore_index=True)
     pd.testing.assert_frame_equal(read, expected)
-    assert [c for c, _ in D.iter_parts(tmp_path)] == [2, 10, *sorted(chunks)]
-    lazy = D.open_detections(tmp_path)
+    assert [c for c, _ in iter_parts(tmp_path)] == [2, 10, *sorted(chunks)]
+    lazy = open_detections(tmp_path)
     assert lazy.npartitions == 2 + len(chunks)
     pd.testing.assert_frame_equal(lazy.compute().reset_index(drop=True), expected, check_dtype=False)
 
@@ -173,57 +184,57 @@ def test_parts_read_back_in_chunk_order_whatever_the_writing_order(tmp_path):
 def run(tmp_path):
     """An output folder with three parts, one empty."""
     rng = np.random.default_rng(5)
-    D.write_part(tmp_path, 0, pd.concat([_random_part(rng, "/r/a.wav", 0, 50), _random_part(rng, "/r/b.wav", 1, 50)], ignore_index=True))
-    D.write_part(tmp_path, 1, _random_part(rng, "/r/c.wav", -1, 0))
+    write_part(tmp_path, 0, pd.concat([_random_part(rng, "/r/a.wav", 0, 50), _random_part(rng, "/r/b.wav", 1, 50)], ignore_index=True))
+    write_part(tmp_path, 1, _random_part(rng, "/r/c.wav", -1, 0))
     last = _random_part(rng, "/r/c.wav", -1, 60)
     last.loc[3, ["class", "probability"]] = ["Nyc", 0.75]  # an exact float32: the bound is reached
     last.loc[4, ["class", "probability"]] = ["Nyc", np.float32(0.75) - np.float32(1e-6)]
-    D.write_part(tmp_path, 2, last)
+    write_part(tmp_path, 2, last)
     return tmp_path
 
 
 def test_read_detections_filters(run):
-    every = D.read_detections(run)
-    nyc = D.read_detections(run, species="Nyc")
+    every = read_detections(run)
+    nyc = read_detections(run, species="Nyc")
     pd.testing.assert_frame_equal(nyc, every[every["class"] == "Nyc"].reset_index(drop=True))
-    two = D.read_detections(run, species=["Pip", "Myo"], min_probability=0.75)
+    two = read_detections(run, species=["Pip", "Myo"], min_probability=0.75)
     keep = every["class"].isin(["Pip", "Myo"]) & (every["probability"].astype(np.float64) >= 0.75)
     pd.testing.assert_frame_equal(two, every[keep].reset_index(drop=True))
-    at_bound = D.read_detections(run, species="Nyc", min_probability=0.75, columns=["file", "time"])
+    at_bound = read_detections(run, species="Nyc", min_probability=0.75, columns=["file", "time"])
     assert list(at_bound.columns) == ["file", "time"]
     expected = every[(every["class"] == "Nyc") & (every["probability"] >= np.float32(0.75))]
     assert 103 in expected.index and 104 not in expected.index  # rows 3 and 4 of the last part
     assert len(at_bound) == len(expected)
     np.testing.assert_array_equal(at_bound["time"], expected["time"])
     with pytest.raises(ValueError, match="unknown species"):
-        D.read_detections(run, species="Eptesicus")
+        read_detections(run, species="Eptesicus")
     with pytest.raises(ValueError, match="unknown column"):
-        D.read_detections(run, columns=["time", "nope"])
+        read_detections(run, columns=["time", "nope"])
     with pytest.raises(FileNotFoundError):
-        D.read_detections(run / "missing")
+        read_detections(run / "missing")
 
 
 def test_open_detections_is_lazy_one_partition_per_part_and_same_rows(run):
-    frame = D.open_detections(run)
+    frame = open_detections(run)
     assert frame.npartitions == 3
     got = frame.compute().reset_index(drop=True)
-    expected = D.read_detections(run)
+    expected = read_detections(run)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     for column in ("channel", "time", "probability", "score", "prob_Pip"):
         assert got[column].dtype == expected[column].dtype
-    filtered = D.open_detections(run, species=["Nyc"], min_probability=0.75, columns=["file", "time"])
+    filtered = open_detections(run, species=["Nyc"], min_probability=0.75, columns=["file", "time"])
     pd.testing.assert_frame_equal(
         filtered.compute().reset_index(drop=True),
-        D.read_detections(run, species=["Nyc"], min_probability=0.75, columns=["file", "time"]),
+        read_detections(run, species=["Nyc"], min_probability=0.75, columns=["file", "time"]),
         check_dtype=False,
     )
 
 
 def test_readers_of_a_run_without_parts(tmp_path):
     (tmp_path / "detections.parquet").mkdir()
-    assert len(D.read_detections(tmp_path)) == 0
-    assert len(D.open_detections(tmp_path).compute()) == 0
-    assert D.detection_classes(tmp_path) is None
+    assert len(read_detections(tmp_path)) == 0
+    assert len(open_detections(tmp_path).compute()) == 0
+    assert detection_classes(tmp_path) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +244,7 @@ def test_readers_of_a_run_without_parts(tmp_path):
 @pytest.fixture
 def hand_run(tmp_path):
     """Hand-built events over two parts; thresholds detection 0.6, Pip 0.5, Nyc 0.75, Myo 0.5."""
-    first = D.events_table(
+    first = events_table(
         "/data/site/a.wav", 0,
         _events(
             [0.10, 0.20, 0.30, 0.40],
@@ -247,21 +258,21 @@ def hand_run(tmp_path):
     )  # fmt: skip
     second = pd.concat(
         [
-            D.events_table("/data/site/night2/b.wav", 1, _events([1.5], [[0.1, 0.1, 0.8]], [0.9]), CLASSES),
-            D.events_table("/data/other/c.wav", -1, _events([2.5], [[0.7, 0.1, 0.1]], [0.99]), CLASSES),
+            events_table("/data/site/night2/b.wav", 1, _events([1.5], [[0.1, 0.1, 0.8]], [0.9]), CLASSES),
+            events_table("/data/other/c.wav", -1, _events([2.5], [[0.7, 0.1, 0.1]], [0.99]), CLASSES),
         ],
         ignore_index=True,
     )
-    D.write_part(tmp_path, 4, second)
-    D.write_part(tmp_path, 3, D.events_table("/data/site/a.wav", 0, _events([], []), CLASSES))
-    D.write_part(tmp_path, 0, first)
+    write_part(tmp_path, 4, second)
+    write_part(tmp_path, 3, events_table("/data/site/a.wav", 0, _events([], []), CLASSES))
+    write_part(tmp_path, 0, first)
     thresholds = {"detection": 0.6, "Pip": 0.5, "Nyc": 0.75, "Myo": 0.5}
     return tmp_path, thresholds
 
 
 def test_seed_csv_rows_and_header(hand_run):
     out, thresholds = hand_run
-    path = D.write_seed_csv(out, CLASSES, thresholds)
+    path = write_seed_csv(out, CLASSES, thresholds)
     assert path == out / "detections.csv"
     lines = path.read_text().splitlines()
     assert lines[0] == "file_name,predicted_time,predicted_species,predicted_prob"
@@ -274,34 +285,34 @@ def test_seed_csv_rows_and_header(hand_run):
         ("/data/other/c.wav", 2.5, "Pip", pytest.approx(0.7)),
     ]
     # The same rows as species_rows on all the events at once.
-    every = D.read_detections(out)
-    every["recording"] = [D.recording_label(f, c) for f, c in zip(every["file"], every["channel"])]
+    every = read_detections(out)
+    every["recording"] = [recording_label(f, c) for f, c in zip(every["file"], every["channel"])]
     expected = species_rows(every, CLASSES, thresholds)
     pd.testing.assert_frame_equal(csv, expected, check_dtype=False, check_exact=False, rtol=1e-6)
     assert _temporaries(out) == []
 
 
 def test_seed_csv_of_a_run_without_events_has_its_header(tmp_path):
-    D.write_part(tmp_path, 0, pd.DataFrame(), classes=CLASSES)
+    write_part(tmp_path, 0, pd.DataFrame(), classes=CLASSES)
     dest = tmp_path / "elsewhere" / "calls.csv"
-    assert D.write_seed_csv(tmp_path, CLASSES, None, dest=dest) == dest
+    assert write_seed_csv(tmp_path, CLASSES, None, dest=dest) == dest
     assert dest.read_text() == "file_name,predicted_time,predicted_species,predicted_prob\n"
 
 
 def test_seed_csv_refuses_unknown_thresholds_and_keeps_the_previous_file(hand_run):
     out, thresholds = hand_run
-    D.write_seed_csv(out, CLASSES, thresholds)
+    write_seed_csv(out, CLASSES, thresholds)
     before = (out / "detections.csv").read_bytes()
     with pytest.raises(ValueError, match="unknown class"):
-        D.write_seed_csv(out, CLASSES, {"Eptesicus": 0.5})
+        write_seed_csv(out, CLASSES, {"Eptesicus": 0.5})
     assert (out / "detections.csv").read_bytes() == before
     assert _temporaries(out) == []
 
 
 def test_calls_per_class_counts_the_csv_rows(hand_run):
     out, thresholds = hand_run
-    assert D.calls_per_class(out, CLASSES, thresholds) == {"Pip": 2, "Nyc": 2, "Myo": 1}
-    assert list(D.calls_per_class(out, CLASSES, thresholds)) == CLASSES
+    assert calls_per_class(out, CLASSES, thresholds) == {"Pip": 2, "Nyc": 2, "Myo": 1}
+    assert list(calls_per_class(out, CLASSES, thresholds)) == CLASSES
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +329,7 @@ def test_raven_tables_per_file(hand_run):
         {"path": ["/data/site/a.wav", "/data/site/silent.wav", "/data/site/night2/b.wav", "/data/other/c.wav"],
          "channel": [0, 0, 1, -1]}
     )  # fmt: skip
-    paths = D.write_raven(
+    paths = write_raven(
         out, CLASSES, thresholds, window_seconds=0.023, low_hz=15000, high_hz=120000, recordings=recordings
     )
     folder = out / "raven"
@@ -350,7 +361,7 @@ def test_raven_tables_per_file(hand_run):
     assert len(silent) == 0 and list(silent.columns) == header.split("\t")
     assert _temporaries(out) == []
     # Rewritten with other thresholds and without 'recordings': no stale table stays.
-    paths = D.write_raven(
+    paths = write_raven(
         out, CLASSES, {"detection": 0.9}, window_seconds=0.01, low_hz=1, high_hz=2, include_unknown=False
     )
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths)
@@ -361,11 +372,11 @@ def test_raven_tables_per_file(hand_run):
 
 
 def test_raven_selections_of_a_file_over_two_parts_are_numbered_on(tmp_path):
-    first = D.events_table("/x/long.wav", 0, _events([1.0, 2.0], [[0.9, 0, 0], [0.9, 0, 0]]), CLASSES)
-    second = D.events_table("/x/long.wav", 0, _events([3.0], [[0.9, 0, 0]]), CLASSES)
-    D.write_part(tmp_path, 0, first)
-    D.write_part(tmp_path, 1, second)
-    (path,) = D.write_raven(tmp_path, CLASSES, None, window_seconds=0.02, low_hz=0, high_hz=1e5)
+    first = events_table("/x/long.wav", 0, _events([1.0, 2.0], [[0.9, 0, 0], [0.9, 0, 0]]), CLASSES)
+    second = events_table("/x/long.wav", 0, _events([3.0], [[0.9, 0, 0]]), CLASSES)
+    write_part(tmp_path, 0, first)
+    write_part(tmp_path, 1, second)
+    (path,) = write_raven(tmp_path, CLASSES, None, window_seconds=0.02, low_hz=0, high_hz=1e5)
     assert path.name == "long.Table.1.selections.txt"
     table = _read_raven(path)
     assert list(table["Selection"]) == [1, 2, 3]
@@ -374,12 +385,12 @@ def test_raven_selections_of_a_file_over_two_parts_are_numbered_on(tmp_path):
 
 def test_raven_combined_table(hand_run):
     out, thresholds = hand_run
-    (path,) = D.write_raven(
+    (path,) = write_raven(
         out, CLASSES, thresholds, window_seconds=0.02, low_hz=10000, high_hz=100000, per_recording=False
     )
     assert path == out / "detections.selections.txt"
     table = _read_raven(path)
-    assert list(table.columns) == list(D.RAVEN_COMBINED_COLUMNS)
+    assert list(table.columns) == list(RAVEN_COMBINED_COLUMNS)
     assert list(table["Selection"]) == [1, 2, 3, 4, 5, 6]  # numbered on across the parts
     assert list(table["Begin File"]) == ["/data/site/a.wav"] * 4 + ["/data/site/night2/b.wav", "/data/other/c.wav"]
     assert list(table["Species"]) == ["Pip", "Nyc", "Nyc", "unknown", "Myo", "Pip"]
@@ -390,7 +401,7 @@ def test_raven_combined_table(hand_run):
     np.testing.assert_allclose(table["End Time (s)"] - table["Begin Time (s)"], 0.02, atol=1e-12)
     # With durations, Begin Time is on the files' concatenated timeline.
     durations = {"/data/site/a.wav": 10.0, "/data/site/night2/b.wav": 20.0, "/data/other/c.wav": 5.0}
-    D.write_raven(
+    write_raven(
         out, CLASSES, thresholds, window_seconds=0.02, low_hz=10000, high_hz=100000,
         per_recording=False, durations=durations,
     )  # fmt: skip
@@ -405,11 +416,11 @@ def test_raven_combined_table(hand_run):
 def test_raven_combined_write_that_fails_midway_leaves_the_previous_table(hand_run):
     out, thresholds = hand_run
     options = dict(window_seconds=0.02, low_hz=10000, high_hz=100000, per_recording=False)
-    (path,) = D.write_raven(out, CLASSES, thresholds, **options)
+    (path,) = write_raven(out, CLASSES, thresholds, **options)
     before = path.read_bytes()
     # The first part's file has a duration, the second part's do not: the write stops there.
     with pytest.raises(ValueError, match="durations lack"):
-        D.write_raven(out, CLASSES, thresholds, durations={"/data/site/a.wav": 10.0}, **options)
+        write_raven(out, CLASSES, thresholds, durations={"/data/site/a.wav": 10.0}, **options)
     assert path.read_bytes() == before
     assert _temporaries(out) == []
 
@@ -417,32 +428,32 @@ def test_raven_combined_write_that_fails_midway_leaves_the_previous_table(hand_r
 def test_raven_refuses_bad_options(hand_run):
     out, thresholds = hand_run
     with pytest.raises(ValueError, match="window_seconds"):
-        D.write_raven(out, CLASSES, thresholds, window_seconds=0, low_hz=0, high_hz=1)
+        write_raven(out, CLASSES, thresholds, window_seconds=0, low_hz=0, high_hz=1)
     with pytest.raises(ValueError, match="low_hz < high_hz"):
-        D.write_raven(out, CLASSES, thresholds, window_seconds=0.02, low_hz=5, high_hz=5)
+        write_raven(out, CLASSES, thresholds, window_seconds=0.02, low_hz=5, high_hz=5)
     assert not (out / "raven").exists() and _temporaries(out) == []
 
 
 def test_raven_table_names():
-    names = D.raven_table_names(["/d/s1/a.wav", "/d/s2/n/b.WAV", "/d/s1/a.flac", "/d/s1/c.wav"])
+    names = raven_table_names(["/d/s1/a.wav", "/d/s2/n/b.WAV", "/d/s1/a.flac", "/d/s1/c.wav"])
     assert names == {
         "/d/s1/a.wav": "s1__a.wav.Table.1.selections.txt",  # a.wav and a.flac keep their extensions
         "/d/s2/n/b.WAV": "s2__n__b.Table.1.selections.txt",
         "/d/s1/a.flac": "s1__a.flac.Table.1.selections.txt",
         "/d/s1/c.wav": "s1__c.Table.1.selections.txt",
     }
-    assert D.raven_table_names(["/only/one/x.wav"]) == {"/only/one/x.wav": "x.Table.1.selections.txt"}
-    urls = D.raven_table_names(["s3://bucket/night/a.wav", "s3://bucket/night/b.wav"])
+    assert raven_table_names(["/only/one/x.wav"]) == {"/only/one/x.wav": "x.Table.1.selections.txt"}
+    urls = raven_table_names(["s3://bucket/night/a.wav", "s3://bucket/night/b.wav"])
     assert urls == {"s3://bucket/night/a.wav": "a.Table.1.selections.txt", "s3://bucket/night/b.wav": "b.Table.1.selections.txt"}
     with pytest.raises(ValueError, match="share"):
-        D.raven_table_names(["/d/a__b/c.wav", "/d/a/b__c.wav"])
+        raven_table_names(["/d/a__b/c.wav", "/d/a/b__c.wav"])
 
 
 def test_raven_table_names_fit_the_file_system(tmp_path):
     """A 250-byte recording name (the bad-file corpus has one) gives a table name of at most
     255 bytes, cut on a character boundary, distinct for distinct paths, that can be created."""
     long_a, long_b = "é" * 120 + "a.wav", "é" * 120 + "b.wav"
-    names = D.raven_table_names([f"/d/s1/{long_a}", f"/d/s1/{long_b}", "/d/s2/x.wav"])
+    names = raven_table_names([f"/d/s1/{long_a}", f"/d/s1/{long_b}", "/d/s2/x.wav"])
     assert len(set(names.values())) == 3
     for name in names.values():
         assert len(name.encode("utf-8")) <= 255 and name.endswith(".Table.1.selections.txt")
@@ -470,7 +481,7 @@ def test_report_json_round_trip_and_text(tmp_path):
         "outputs": {"csv": tmp_path / "detections.csv"},
         "unused": float("nan"),
     }
-    path = D.write_report(tmp_path, report)
+    path = write_report(tmp_path, report)
     assert path == tmp_path / "report.json"
     text = path.read_text()
     document = json.loads(text)
@@ -491,11 +502,11 @@ def test_report_json_round_trip_and_text(tmp_path):
 
 def test_remove_stale_temporaries_of_derived_outputs(hand_run):
     out, thresholds = hand_run
-    D.write_seed_csv(out, CLASSES, thresholds)
+    write_seed_csv(out, CLASSES, thresholds)
     (out / ".detections.csv.tmp-0a1b2c").write_text("half")
     (out / ".raven.tmp-0a1b2c").mkdir()
     (out / ".raven.tmp-0a1b2c" / "x.Table.1.selections.txt").write_text("half")
     (out / ".keep-me").write_text("not ours")
-    removed = D.remove_stale_temporaries(out)
+    removed = remove_stale_temporaries(out)
     assert sorted(p.name for p in removed) == [".detections.csv.tmp-0a1b2c", ".raven.tmp-0a1b2c"]
     assert sorted(e.name for e in out.iterdir()) == [".keep-me", "detections.csv", "detections.parquet"]

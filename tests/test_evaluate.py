@@ -11,20 +11,17 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
-from pipeline.evaluate import (
-    call_events,
+from pipeline.evaluation.matching import call_events, event_labels, match_detections
+from pipeline.evaluation.metrics import (
     class_average_precision,
     detection_average_precision,
     end_to_end_scores,
-    evaluate,
-    event_labels,
-    format_report,
-    match_detections,
     multilabel_scores,
-    precision_recall,
-    seed_scores,
-    tune_thresholds,
+    precision_recall_curve,
+    reference_scores,
 )
+from pipeline.evaluation.report import evaluate, format_report
+from pipeline.evaluation.thresholds import tune_thresholds
 
 CLASSES = ["A", "B", "C"]
 
@@ -76,8 +73,8 @@ def test_two_detections_of_one_event_are_one_tp_one_fp():
     # The higher score wins although it is farther.
     detections = make_detections([("a", 1.001, 0.5), ("a", 1.008, 0.9)])
     assert match_detections(calls, detections).tolist() == [-1, 0]
-    # With no class name, seed_scores scores the detection alone.
-    scores = seed_scores(calls, detections, [], {"detection": 0.1})["detection"]
+    # With no class name, reference_scores scores the detection alone.
+    scores = reference_scores(calls, detections, [], {"detection": 0.1})["detection"]
     assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 0)
     # At equal score, the nearer wins, whatever the row order.
     detections = make_detections([("a", 1.008, 0.7), ("a", 1.001, 0.7)])
@@ -198,7 +195,7 @@ def test_mean_of_precisions_is_not_the_average_precision():
     # matched events: A predicted on e1, e3 (true e1, e2), B on e2, e3 (true e1, e3): both
     # precisions 1/2, their mean 1/2, while the mAP is 11/24 (below).
     calls, detections = per_class_case()
-    scores = seed_scores(calls, detections, CLASSES, {"detection": 0.0})
+    scores = reference_scores(calls, detections, CLASSES, {"detection": 0.0})
     assert scores["classification"]["macro_precision"] == pytest.approx(1 / 2)
     result = class_average_precision(calls, detections, CLASSES)
     assert result.mean_average_precision == pytest.approx(11 / 24)
@@ -208,11 +205,11 @@ def test_average_precision_agrees_with_scikit_learn():
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 20, 300) / 20.0  # with ties
     is_true = rng.random(300) < 0.3
-    curve = precision_recall(scores, is_true)
+    curve = precision_recall_curve(scores, is_true)
     assert curve.average_precision == pytest.approx(average_precision_score(is_true, scores))
     # Positives never predicted scale the recall: AP becomes AP * found / all.
     missed = 50
-    with_misses = precision_recall(scores, is_true, is_true.sum() + missed)
+    with_misses = precision_recall_curve(scores, is_true, is_true.sum() + missed)
     assert with_misses.average_precision == pytest.approx(
         curve.average_precision * is_true.sum() / (is_true.sum() + missed)
     )
@@ -220,7 +217,7 @@ def test_average_precision_agrees_with_scikit_learn():
 
 def test_tied_scores_enter_together():
     # One TP and one FP at the same score: one point, precision 1/2, AP 1/2.
-    curve = precision_recall([0.5, 0.5], [True, False])
+    curve = precision_recall_curve([0.5, 0.5], [True, False])
     assert curve.precision.tolist() == [0.5]
     assert curve.average_precision == pytest.approx(0.5)
 
@@ -279,7 +276,7 @@ HAND_THRESHOLDS = {"detection": 0.65, "A": 0.55, "B": 0.75, "C": 0.5}
 
 def test_seed_scores_by_hand():
     calls, detections = per_class_case()
-    scores = seed_scores(calls, detections, CLASSES, HAND_THRESHOLDS)
+    scores = reference_scores(calls, detections, CLASSES, HAND_THRESHOLDS)
     detection = scores["detection"]
     # 3 kept detections all matched; e4 missed.
     assert (detection["tp"], detection["fp"], detection["fn"]) == (3, 0, 1)
@@ -510,7 +507,7 @@ def test_bad_inputs_are_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="prob_D"):
         class_average_precision(calls, detections, [*CLASSES, "D"])
     with pytest.raises(ValueError, match="unknown class"):
-        seed_scores(calls, detections, CLASSES, {"Z": 0.5})
+        reference_scores(calls, detections, CLASSES, {"Z": 0.5})
     with pytest.raises(ValueError, match="finite"):
         match_detections(calls, detections.assign(time=np.nan))
     with pytest.raises(ValueError, match="tolerance"):

@@ -20,7 +20,7 @@ from distributed.utils import key_split
 from pipeline import spectrogram as sg
 from pipeline.cli import main
 from pipeline.config import IngestSettings, Settings, SpectrogramSettings
-from pipeline.ingest import ingest
+from pipeline.ingestion import ingest
 from pipeline.io import audio
 from pipeline.io.cube import JOURNAL, CubeError, open_cube
 from pipeline.testing import write_tone

@@ -29,7 +29,6 @@ from pipeline.model.registry import (  # noqa: E402
 )
 from pipeline.model.resnet import build_resnet  # noqa: E402
 
-
 # Keras's TensorFlow backend calls np.array on tensors in a way numpy 2 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from pipeline.nms import peaks_1d
+
 from pipeline.nms_reference import peaks_1d_reference
 
 

@@ -20,7 +20,8 @@ from PIL import Image
 import pipeline
 from pipeline import plot
 from pipeline.cli import main
-from pipeline.evaluate import class_average_precision, detection_average_precision, match_detections
+from pipeline.evaluation.matching import match_detections
+from pipeline.evaluation.metrics import class_average_precision, detection_average_precision
 from pipeline.io.annotations import read_calls_csv
 
 RECORDING = "site01/20260825_213930.wav"
@@ -29,8 +30,8 @@ RECORDING = "site01/20260825_213930.wav"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, client):
     """``(archive, out)``: a 0.4-minute simulated archive and its detection run (read only)."""
-    from pipeline.detect_archive import detect_archive
-    from pipeline.simulate import simulate_archive
+    from pipeline.detection.archive import detect_archive
+    from pipeline.simulation import simulate_archive
 
     archive = simulate_archive(tmp_path_factory.mktemp("plot") / "audio", minutes=0.4, seed=7)
     out = tmp_path_factory.mktemp("plot") / "out"

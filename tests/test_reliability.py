@@ -23,14 +23,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from pipeline.annotations import read_annotations
+from pipeline.annotations.matching import unsafe_name, usable_annotations
 from pipeline.cli import main
 from pipeline.io.annotations import AnnotationError, read_seed_npz
 from pipeline.io.cube import open_cube
 from pipeline.model.bundle import BundleError, load_bundle
-from pipeline.sampling import unsafe_name
-from pipeline.simulate import simulate_archive
+from pipeline.model.predictor import Predictor
+from pipeline.simulation import simulate_archive
 from pipeline.testing import OK, write_bad_corpus, write_tone
-from pipeline.train import Predictor, TrainSettings, read_annotations, train, usable_annotations
+from pipeline.training.job import TrainSettings, train
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ SEED = 1
 def lab(tmp_path_factory, client):
     """A tiny annotated archive with the bad-file corpus in ``odd/`` and a link to a recording
     outside it; its cube; and a hybrid model trained on it without incident (the reference)."""
-    from pipeline.ingest import ingest
+    from pipeline.ingestion import ingest
 
     root = tmp_path_factory.mktemp("reliability")
     archive = simulate_archive(root / "audio", minutes=0.5, seed=12, empty_fraction=0.2, test_fraction=0.4)
@@ -151,8 +153,8 @@ def test_train_reports_every_bad_recording_and_trains_on_the_good_ones(lab, tmp_
 def test_annotation_names_cannot_leave_the_audio_folder(lab, tmp_path):
     """Names are matched against the recordings found under the audio folder, never opened:
     '..', absolute names (POSIX or Windows) and links to files outside are refused."""
+    from pipeline.annotations import Annotations
     from pipeline.io.annotations import RecordingCalls
-    from pipeline.train import Annotations
 
     for name in ("../x", "a/../../x", "..\\..\\x", "/etc/passwd", "C:\\data\\x", "C:/data/x", "\\\\server\\share\\x"):
         assert unsafe_name(name) is not None, name

@@ -11,23 +11,13 @@ import pytest
 import xarray as xr
 import zarr
 
+from pipeline.annotations.matching import match_recordings
 from pipeline.config import IngestSettings, Settings, SpectrogramSettings
-from pipeline.ingest import ingest
+from pipeline.ingestion import ingest
 from pipeline.io.annotations import RecordingCalls, read_seed_npz
 from pipeline.io.cube import open_cube
-from pipeline.sampling import (
-    Samples,
-    SamplingSettings,
-    build_samples,
-    call_targets,
-    column_of,
-    cube_column_steps,
-    match_recordings,
-    negative_windows,
-    positive_windows,
-    recording_samples,
-)
-from pipeline.simulate import simulate_archive
+from pipeline.sampling import Samples, SamplingSettings, build_samples, call_targets, column_of, cube_column_steps, negative_windows, positive_windows, recording_samples
+from pipeline.simulation import simulate_archive
 from pipeline.windows import read_windows
 
 STEP = 0.001161  # about the column step of every sample rate (1.161 ms)

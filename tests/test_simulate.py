@@ -14,7 +14,7 @@ import soundfile
 
 from pipeline.config import SEED_SPECIES
 from pipeline.io.annotations import read_seed_npz
-from pipeline.simulate import (
+from pipeline.simulation import (
     SPECIES_MODELS,
     draw_calls,
     draw_pass,

@@ -91,7 +91,7 @@ def test_slurm_without_sbatch_is_one_line(monkeypatch, tmp_path):
 def archive(tmp_path_factory):
     """A tiny simulated archive and its cube made on the local cluster: (audio folder, spectrogram)."""
     from pipeline.cli import main
-    from pipeline.simulate import simulate_archive
+    from pipeline.simulation import simulate_archive
 
     root = tmp_path_factory.mktemp("slurm_archive")
     simulate_archive(root / "audio", minutes=0.2, seed=3)
@@ -144,8 +144,8 @@ def test_detect_on_slurm_gives_the_local_detections(slurm, tmp_path):
     import pandas as pd
 
     from pipeline.cli import main
-    from pipeline.io.detections import read_detections
-    from pipeline.simulate import simulate_archive
+    from pipeline.outputs.parts import read_detections
+    from pipeline.simulation import simulate_archive
 
     audio = tmp_path / "audio"
     simulate_archive(audio, minutes=0.2, seed=5, empty_fraction=0.0)

@@ -8,10 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.annotations import read_annotations
 from pipeline.cli import main
 from pipeline.model.bundle import load_bundle
-from pipeline.simulate import simulate_archive
-from pipeline.train import Predictor, TrainSettings, read_annotations, train
+from pipeline.model.predictor import Predictor
+from pipeline.simulation import simulate_archive
+from pipeline.training.job import TrainSettings, train
 
 TINY_XGBOOST = "name,max_depth,eta,n_estimators,gamma,subsample,scale_pos_weight,min_child_weight\n" \
     "xgboost_spectrogram,4,0.3,20,0.001,0.9,1.5,1\n"  # fmt: skip

@@ -15,15 +15,15 @@ from hyperopt import hp
 from hyperopt.pyll.stochastic import sample
 
 from pipeline.model.params import COLUMNS, ParamsError, list_rows, load_params
-from pipeline.tune import (
+from pipeline.tuning import (
     TuneSettings,
     TuningError,
     hold_out_recordings,
     parse_budget,
+    search_hyperparameters,
     search_space,
     space_family,
     to_params,
-    tune,
     tuning_summary,
     write_params_csv,
 )
@@ -156,7 +156,7 @@ def test_trials_are_written_after_every_evaluation(tmp_path):
         seen.append(len(stored(path)["trials"]) if path.exists() else 0)
         return log_distance(point)
 
-    result = tune(objective, LEARNING_RATE, path, budget_s=60, max_trials=10, startup_trials=3)
+    result = search_hyperparameters(objective, LEARNING_RATE, path, budget_s=60, max_trials=10, startup_trials=3)
     assert seen == list(range(10))
     record = stored(path)
     trials = record["trials"]
@@ -172,7 +172,7 @@ def test_trials_are_written_after_every_evaluation(tmp_path):
 
 
 def test_tpe_improves_on_random_points(tmp_path):
-    result = tune(log_distance, LEARNING_RATE, tmp_path / "t.json", budget_s=60, max_trials=40, startup_trials=5)
+    result = search_hyperparameters(log_distance, LEARNING_RATE, tmp_path / "t.json", budget_s=60, max_trials=40, startup_trials=5)
     losses = [t["loss"] for t in stored(tmp_path / "t.json")["trials"]]
     assert np.median(losses[20:]) < np.median(losses[:5])
     assert result.best_loss < 0.05
@@ -196,14 +196,14 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
     path = tmp_path / "trials.json"
     first = InterruptAt(4)
     with pytest.raises(KeyboardInterrupt):
-        tune(first, LEARNING_RATE, path, budget_s=60, max_trials=6, startup_trials=2)
+        search_hyperparameters(first, LEARNING_RATE, path, budget_s=60, max_trials=6, startup_trials=2)
     record = stored(path)
     assert [t["tid"] for t in record["trials"]] == [0, 1, 2]
     assert all(t["status"] == "ok" for t in record["trials"])
     assert record["elapsed_s"] > 0
 
     second = InterruptAt()
-    result = tune(second, LEARNING_RATE, path, budget_s=60, max_trials=6, startup_trials=2)
+    result = search_hyperparameters(second, LEARNING_RATE, path, budget_s=60, max_trials=6, startup_trials=2)
     assert len(second.points) == 3 and result.n_trials == 6
     trials = stored(path)["trials"]
     assert [t["tid"] for t in trials] == list(range(6))
@@ -211,14 +211,14 @@ def test_an_interrupted_search_resumes_where_it_stopped(tmp_path):
 
     # the same search never interrupted suggests the same six points...
     whole = InterruptAt()
-    tune(whole, LEARNING_RATE, tmp_path / "whole.json", budget_s=60, max_trials=6, startup_trials=2)
+    search_hyperparameters(whole, LEARNING_RATE, tmp_path / "whole.json", budget_s=60, max_trials=6, startup_trials=2)
     assert whole.points == first.points + second.points
 
     # ... and TPE's suggestions after the first three depend on their losses
     tampered = dict(record, trials=[dict(t, loss=-t["loss"]) for t in record["trials"]])
     (tmp_path / "tampered.json").write_text(json.dumps(tampered))
     other = InterruptAt()
-    tune(other, LEARNING_RATE, tmp_path / "tampered.json", budget_s=60, max_trials=6, startup_trials=2)
+    search_hyperparameters(other, LEARNING_RATE, tmp_path / "tampered.json", budget_s=60, max_trials=6, startup_trials=2)
     assert len(other.points) == 3 and other.points != second.points
 
 
@@ -233,7 +233,7 @@ def test_a_failing_evaluation_is_recorded_and_the_search_goes_on(tmp_path):
             return float("nan")
         return log_distance(point)
 
-    result = tune(objective, LEARNING_RATE, tmp_path / "t.json", budget_s=60, max_trials=5, startup_trials=2)
+    result = search_hyperparameters(objective, LEARNING_RATE, tmp_path / "t.json", budget_s=60, max_trials=5, startup_trials=2)
     trials = stored(tmp_path / "t.json")["trials"]
     assert len(calls) == 5 and result.n_trials == 5 and result.n_failed == 2
     assert [t["status"] for t in trials] == ["ok", "fail", "fail", "ok", "ok"]
@@ -246,7 +246,7 @@ def test_failures_in_a_row_stop_the_search(tmp_path):
     def objective(point):
         raise ValueError("no training window")
 
-    result = tune(objective, LEARNING_RATE, tmp_path / "t.json", budget_s=60, stop_after_failures=3)
+    result = search_hyperparameters(objective, LEARNING_RATE, tmp_path / "t.json", budget_s=60, stop_after_failures=3)
     assert result.n_trials == 3 and result.best_point is None and result.best_loss == math.inf
 
 
@@ -256,8 +256,8 @@ def test_trials_are_json_never_pickle(tmp_path, monkeypatch):
 
     for name in ("dump", "dumps"):
         monkeypatch.setattr(pickle, name, refuse)
-    tune(log_distance, LEARNING_RATE, tmp_path / "trials.json", budget_s=60, max_trials=4, startup_trials=2)
-    tune(log_distance, LEARNING_RATE, tmp_path / "trials.json", budget_s=60, max_trials=6, startup_trials=2)
+    search_hyperparameters(log_distance, LEARNING_RATE, tmp_path / "trials.json", budget_s=60, max_trials=4, startup_trials=2)
+    search_hyperparameters(log_distance, LEARNING_RATE, tmp_path / "trials.json", budget_s=60, max_trials=6, startup_trials=2)
     assert [p.name for p in tmp_path.iterdir()] == ["trials.json"]  # no temporary left behind
     record = json.loads((tmp_path / "trials.json").read_text())
     assert record["format"] == "batml-tuning-trials" and len(record["trials"]) == 6
@@ -269,25 +269,25 @@ def test_the_budget_stops_the_search_and_counts_every_run(tmp_path):
         return log_distance(point)
 
     path = tmp_path / "t.json"
-    result = tune(slow, LEARNING_RATE, path, budget_s=1.0, max_trials=50)
+    result = search_hyperparameters(slow, LEARNING_RATE, path, budget_s=1.0, max_trials=50)
     assert 1 <= result.n_trials < 50
     assert result.elapsed_s >= 1.0
-    again = tune(slow, LEARNING_RATE, path, budget_s=1.0, max_trials=50)
+    again = search_hyperparameters(slow, LEARNING_RATE, path, budget_s=1.0, max_trials=50)
     assert again.n_trials == result.n_trials  # the budget was spent by the first run
 
 
 def test_resuming_another_search_is_refused(tmp_path):
     path = tmp_path / "t.json"
-    tune(log_distance, LEARNING_RATE, path, budget_s=60, max_trials=2, context={"model_type": "cnn8"})
+    search_hyperparameters(log_distance, LEARNING_RATE, path, budget_s=60, max_trials=2, context={"model_type": "cnn8"})
     with pytest.raises(TuningError, match="another search space"):
-        tune(lambda p: 0.0, {"x": hp.uniform("x", 0, 1)}, path, budget_s=60, max_trials=3)
+        search_hyperparameters(lambda p: 0.0, {"x": hp.uniform("x", 0, 1)}, path, budget_s=60, max_trials=3)
     with pytest.raises(TuningError, match="resnet8"):
-        tune(log_distance, LEARNING_RATE, path, budget_s=60, max_trials=3, context={"model_type": "resnet8"})
+        search_hyperparameters(log_distance, LEARNING_RATE, path, budget_s=60, max_trials=3, context={"model_type": "resnet8"})
     path.write_text("{not json")
     with pytest.raises(TuningError, match="not a JSON trials file"):
-        tune(log_distance, LEARNING_RATE, path, budget_s=60, max_trials=3)
+        search_hyperparameters(log_distance, LEARNING_RATE, path, budget_s=60, max_trials=3)
     with pytest.raises(ValueError, match="budget"):
-        tune(log_distance, LEARNING_RATE, tmp_path / "u.json", budget_s=0)
+        search_hyperparameters(log_distance, LEARNING_RATE, tmp_path / "u.json", budget_s=0)
 
 
 # --- parameter files -----------------------------------------------------------------------------
@@ -383,8 +383,8 @@ def test_held_out_recordings_hold_calls():
 
 @pytest.mark.slow
 def test_tune_model_two_trials_of_cnn8(tmp_path, client):
-    from pipeline.simulate import simulate_archive
-    from pipeline.tune import tune_model
+    from pipeline.simulation import simulate_archive
+    from pipeline.tuning import tune_model
 
     archive = simulate_archive(tmp_path / "audio", minutes=0.5, seed=12, empty_fraction=0.2, test_fraction=0.4)
     out = tmp_path / "tuning"

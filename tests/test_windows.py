@@ -9,11 +9,11 @@ import pytest
 import zarr
 
 from pipeline.config import IngestSettings, Settings
-from pipeline.ingest import ingest
+from pipeline.ingestion import ingest
 from pipeline.io.annotations import read_seed_npz
 from pipeline.io.cube import open_cube
 from pipeline.sampling import SamplingSettings, build_samples
-from pipeline.simulate import simulate_archive
+from pipeline.simulation import simulate_archive
 from pipeline.windows import ChunkCache, WindowSequence, read_windows
 
 CHUNK = 256

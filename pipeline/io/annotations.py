@@ -25,14 +25,12 @@ The CSV of calls has one row per call, with at least the columns ``file``, ``pos
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import pickle
-import secrets
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from numpy._core.numeric import _frombuffer
 from numpy.lib import format as npy_format
 
 from pipeline.config import SEED_SPECIES
+from pipeline.files import atomic_path
 
 SPLITS = ("train", "test")
 
@@ -104,18 +103,6 @@ class SeedDataset:
 # Writing
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # created by the writer: umask applies
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _ragged(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """A 1-D object array holding ``arrays`` as they are (never merged into a 2-D array)."""
     out = np.empty(len(arrays), dtype=object)
@@ -170,7 +157,7 @@ def write_seed_npz(path: str | os.PathLike, train: Sequence[RecordingCalls],
     has_classes = with_classes != {False}
     fields = {**_split_fields("train", train, has_classes), **_split_fields("test", test, has_classes)}
     path = Path(path)
-    with _atomic_target(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, array in fields.items():
             buffer = io.BytesIO()
             npy_format.write_array(buffer, array, allow_pickle=True)
@@ -361,7 +348,7 @@ def write_calls_csv(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mappi
     if missing:
         raise ValueError(f"calls lack column(s) {', '.join(missing)}")
     path = Path(path)
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
     return path
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from fsspec.core import split_protocol, url_to_fs
 from tqdm import tqdm
 
 from pipeline.config import SpectrogramSettings
+from pipeline.files import atomic_path
 from pipeline.io.audio import RecordingError, RecordingInfo, check_usable, file_status, read_info
 
 if TYPE_CHECKING:
@@ -201,15 +201,8 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:
     The table is written to a temporary name in the destination folder and then renamed,
     so that a reader never sees a half-written manifest.
     """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(os.path.abspath(os.fspath(path))) as temporary:
         df.to_parquet(temporary, engine="pyarrow", index=False)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

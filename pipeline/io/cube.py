@@ -38,12 +38,12 @@ import xarray as xr
 import zarr
 
 from pipeline._version import __version__
-from pipeline.config import IngestSettings, SpectrogramSettings
+from pipeline.config import MIX_CHANNEL, IngestSettings, SpectrogramSettings
+from pipeline.files import atomic_path, write_json
 from pipeline.io.audio import channel_units
 
 CUBE_FORMAT = 1
 JOURNAL = "_journal"
-MIX_CHANNEL = -1  # ``channel`` of a recording that is the mean of all channels
 
 FILE_VARIABLES = (
     "path", "size", "mtime", "sample_rate", "frames", "duration", "channels", "time_expansion",
@@ -288,13 +288,11 @@ def create_cube(
     The store is built under a temporary name beside ``path`` and renamed, so a cube that
     exists is never half created.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     ds = _skeleton(layout, manifest, spectrogram, ingest, run_id=uuid.uuid4().hex)
-    ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=_encoding(ds))
-    consolidate(tmp)
-    (tmp / JOURNAL).mkdir()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=_encoding(ds))
+        consolidate(tmp)
+        (tmp / JOURNAL).mkdir()
 
 
 def open_store(path: str | os.PathLike) -> zarr.Group:
@@ -322,10 +320,7 @@ def _marker(path: Path, chunk: int) -> Path:
 
 def mark_chunk_done(path: str | os.PathLike, chunk: int, failures: dict[int, str]) -> None:
     """Record in the journal that a chunk is written, with its failed recordings (atomic)."""
-    marker = _marker(Path(path), chunk)
-    tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps({"chunk": chunk, "failures": {str(k): v for k, v in failures.items()}}))
-    os.replace(tmp, marker)
+    write_json(_marker(Path(path), chunk), {"chunk": chunk, "failures": failures}, indent=None)
 
 
 def finished_chunks(path: str | os.PathLike) -> dict[int, dict[int, str]]:

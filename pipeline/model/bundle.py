@@ -30,11 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
-import secrets
-import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
 from pipeline._version import __version__  # noqa: E402
 from pipeline.config import FEATURE_VERSION, SettingsError, SpectrogramSettings  # noqa: E402
+from pipeline.files import json_ready, staging_directory, write_json  # noqa: E402
 from pipeline.interrupt import raise_if_interrupted  # noqa: E402
 from pipeline.model.registry import Architecture, get_architecture  # noqa: E402
 
@@ -333,25 +329,13 @@ def save_bundle(
     }
     _refuse_foreign_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-    aside = path.with_name(f".{path.name}.previous-{secrets.token_hex(4)}")
     try:
-        manifest["files"] = _write_models(path, staging, networks, boosters)
-        _write_json_durably(staging / MANIFEST_NAME, manifest)
-        _fsync_tree(staging)
-        raise_if_interrupted()  # an interruption that Keras swallowed while saving: no bundle
-        if path.exists():
-            os.rename(path, aside)
-        os.rename(staging, path)
-        _fsync_directory(path.parent)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if aside.exists() and not path.exists():
-            os.rename(aside, path)
-        if isinstance(exc, OSError):
-            raise BundleError(path, f"cannot save the bundle: {_first_line(exc)}") from exc
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+        with staging_directory(path, before_replace=raise_if_interrupted) as staging:
+            # raise_if_interrupted: an interruption that Keras swallowed while saving leaves no bundle
+            manifest["files"] = _write_models(path, staging, networks, boosters)
+            write_json(staging / MANIFEST_NAME, manifest)
+    except OSError as exc:
+        raise BundleError(path, f"cannot save the bundle: {_first_line(exc)}") from exc
     return path
 
 
@@ -399,17 +383,10 @@ def update_bundle(
             **_json_ready(bundle.path, "metrics", metrics),
         }
     manifest["updated"] = _utc_now()
-    target = bundle.path / MANIFEST_NAME
-    staging = target.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.tmp")
     try:
-        _write_json_durably(staging, manifest)
-        os.replace(staging, target)
-        _fsync_directory(bundle.path)
+        write_json(bundle.path / MANIFEST_NAME, manifest)
     except OSError as exc:
-        reason = f"cannot rewrite {MANIFEST_NAME}: {_first_line(exc)}"
-        raise BundleError(bundle.path, reason) from exc
-    finally:
-        staging.unlink(missing_ok=True)
+        raise BundleError(bundle.path, f"cannot rewrite {MANIFEST_NAME}: {_first_line(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,20 +444,6 @@ def load_bundle(path: str | os.PathLike, *, expect_fingerprint: str | None = Non
         spectrogram=spectrogram,
         manifest=manifest,
     )
-
-
-def open_model(path: str | os.PathLike | None = None, *, expect_fingerprint: str | None = None) -> ModelBundle:
-    """Open a model bundle, the bundled default model when no path is given.
-
-    :func:`load_bundle` under the name a notebook looks for (``pipeline.open_model``).
-
-    Examples
-    --------
-    >>> model = open_model()                                   # the bundled default model
-    >>> model.architecture, model.classes[:2]
-    ('hybrid_cnn_xgboost', ['Barbarg', 'Envsp'])
-    """
-    return load_bundle(DEFAULT_BUNDLE if path is None else path, expect_fingerprint=expect_fingerprint)
 
 
 def _read_manifest(path: Path) -> dict:
@@ -716,62 +679,12 @@ def _sha256(file: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _write_json_durably(file: Path, document: dict) -> None:
-    """Write ``document`` as strict JSON (no NaN) and flush it to disk."""
-    text = json.dumps(document, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    with open(file, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` to disk before it is renamed into place."""
-    for entry in folder.rglob("*"):
-        if entry.is_file():
-            with open(entry, "rb") as fh:
-                os.fsync(fh.fileno())
-        elif entry.is_dir():
-            _fsync_directory(entry)
-    _fsync_directory(folder)
-
-
-def _fsync_directory(folder: Path) -> None:
-    from pipeline.io.detections import fsync_directory
-
-    fsync_directory(folder)
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifest values
-
-
 def _json_ready(path: Path, what: str, value: Any) -> Any:
-    """``value`` as plain JSON types: numpy scalars and arrays converted, NaN and inf to None."""
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if isinstance(key, (np.integer, np.str_)):
-                key = key.item()
-            if isinstance(key, bool) or not isinstance(key, (str, int)):
-                raise BundleError(path, f"{what}: key {key!r} is not a string")
-            out[str(key)] = _json_ready(path, what, item)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(path, what, item) for item in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(path, what, value.tolist())
-    if isinstance(value, np.generic):
-        return _json_ready(path, what, value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        return value.isoformat()
-    raise BundleError(path, f"{what}: a {type(value).__name__} cannot be stored as JSON")
+    """``value`` as plain JSON types (:func:`pipeline.files.json_ready`, strict), or a :class:`BundleError`."""
+    try:
+        return json_ready(value, strict=True)
+    except TypeError as exc:
+        raise BundleError(path, f"{what}: {exc}") from None
 
 
 def _library_versions() -> dict[str, str | None]:

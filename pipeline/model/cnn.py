@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import layers, regularizers  # noqa: E402
 
+from pipeline.config import WINDOW_COLUMNS  # noqa: E402
 from pipeline.model.params import ParamsError, check_required  # noqa: E402
 
 #: The columns of a parameter row that :func:`build_cnn` reads (``l2`` is optional).
@@ -40,7 +41,7 @@ CNN_COLUMNS = (
 HEAD_ACTIVATIONS = ("sigmoid", "softmax")
 
 #: The model-ready patch: 130 frequency rows, 20 time columns, one channel.
-PATCH_SHAPE = (130, 20, 1)
+PATCH_SHAPE = (130, WINDOW_COLUMNS, 1)
 
 
 def check_head(n_outputs: int, activation: str) -> None:

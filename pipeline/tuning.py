@@ -53,7 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.train import TrainingError
+from pipeline.files import atomic_path, write_text
+from pipeline.training import TrainingError
 
 #: The version of the trials file this module writes and reads.
 TRIALS_FORMAT = "batml-tuning-trials"
@@ -350,17 +351,10 @@ def write_params_csv(
     for cells in table.values():
         writer.writerow([cells.get(column, "") for column in header])
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text.getvalue())
+    with atomic_path(path) as tmp:
+        tmp.write_text(text.getvalue(), encoding="utf-8", newline="")
         for row in table:
             load_params(row, tmp)  # refuse to leave a file that train would refuse
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -489,17 +483,7 @@ def _write_trials(trials_path: Path, record: dict) -> None:
     best = _best(record["trials"])
     record["best"] = {"tid": best["tid"], "loss": best["loss"]} if best else None
     record["updated"] = _now()
-    text = json.dumps(record, indent=1, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{trials_path.name}.", suffix=".tmp", dir=trials_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, trials_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(trials_path, json.dumps(record, indent=1, allow_nan=False))
 
 
 def _hyperopt_doc(trial: dict, labels: list[str], cmd) -> dict:
@@ -537,7 +521,7 @@ def _stored_vals(misc_vals: Mapping[str, list]) -> dict[str, list]:
     return {label: [_json_value(v) for v in values] for label, values in misc_vals.items()}
 
 
-def tune(
+def search_hyperparameters(
     objective: Callable[[dict], float],
     space,
     trials_path: str | os.PathLike,
@@ -919,7 +903,7 @@ def tune_model(
     settings: TuneSettings,
     *,
     client=None,
-    cluster: str | None = "local",
+    cluster: str | None = None,
     cube: str | os.PathLike | None = None,
     progress: bool = True,
     run_settings=None,
@@ -930,7 +914,7 @@ def tune_model(
 
     The dataset's training recordings are split (:func:`hold_out_recordings`); every trial
     trains the model with the point's parameters on the first part with
-    :func:`pipeline.train.train_model` (which keeps a part of it for early stopping and
+    :func:`pipeline.training.job.train_model` (which keeps a part of it for early stopping and
     thresholds) and scores ``1 - detection AP`` on the held-out part. The test split is not
     used. Rerunning the same command resumes the search.
 
@@ -969,11 +953,12 @@ def tune_model(
     """
     import keras
 
+    from pipeline.annotations import read_annotations
     from pipeline.config import Settings
     from pipeline.distributed import connect
-    from pipeline.ingest import ingest
+    from pipeline.ingestion import ingest
     from pipeline.model.registry import BOOSTER_ROW
-    from pipeline.train import TrainSettings, read_annotations, train_model
+    from pipeline.training.job import TrainSettings, train_model
 
     run_settings = run_settings or Settings()
     out_dir = Path(out_dir)
@@ -1019,7 +1004,7 @@ def tune_model(
                 keras.backend.clear_session()  # free the trial's graphs before the next one
 
         try:
-            result = tune(
+            result = search_hyperparameters(
                 objective, model_search_space(settings), trials_path, budget_s=settings.budget_s,
                 max_trials=settings.max_trials, seed=settings.seed, startup_trials=settings.startup_trials,
                 context=context, stop_after_failures=5, progress=progress,

@@ -58,6 +58,16 @@ class IngestReport:
     def complete(self) -> bool:
         return not self.errors
 
+    def require_complete(self) -> "IngestReport":
+        """This report, or :class:`~pipeline.io.cube.CubeError` when some chunks of the cube
+        could not be written (for the jobs that cannot go on with an unfinished cube)."""
+        if not self.complete:
+            raise cube_io.CubeError(
+                f"{self.cube}: {len(self.errors)} chunk(s) of the cube could not be written "
+                f"({self.errors[0]}); run the same command again to finish it"
+            )
+        return self
+
     def summary(self) -> str:
         lines = [
             f"cube: {self.cube}",
@@ -198,7 +208,7 @@ def ingest(
     cube: str | os.PathLike,
     *,
     settings: Settings | None = None,
-    cluster: str | None = "local",
+    cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
     progress: bool = True,
@@ -210,7 +220,8 @@ def ingest(
     audio_dir : folder (searched recursively), fsspec URL, or one WAV file
     cube : path of the zarr store to create or resume
     settings : spectrogram and ingest settings (the seed's defaults when omitted)
-    cluster : ``"local"``, ``"slurm"`` or a scheduler address; ignored when ``client`` is given
+    cluster : ``None`` (the running Dask client, else a local cluster), ``"local"``, ``"slurm"``
+        or a scheduler address; ignored when ``client`` is given
     client : an existing :class:`distributed.Client` to run on
     n_workers : workers of a cluster started here
     progress : show progress bars

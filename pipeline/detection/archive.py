@@ -4,7 +4,7 @@ Steps, each one line in :func:`detect_archive`:
 
 1. load the model bundle (the bundled default model when none is given);
 2. build or resume the spectrogram cube, with the model's spectrogram settings
-   (:func:`pipeline.ingest.ingest`), or open the cube given;
+   (:func:`pipeline.ingestion.ingest`), or open the cube given;
 3. open or start the run's journal in ``OUT/_journal/run.json``: everything that changes
    the detections (model, cube, thresholds, fast-path settings); a run started with other
    ones is refused, never mixed;
@@ -17,7 +17,7 @@ Steps, each one line in :func:`detect_archive`:
 
 Running the same command again resumes: only the chunks without a part are detected, and
 the outputs are those of an uninterrupted run. The detection of one chunk reads its columns
-plus a halo on each side (:func:`pipeline.detect.detect_block`), so a call on a chunk
+plus a halo on each side (:func:`pipeline.detection.recording.detect_block`), so a call on a chunk
 border is found once, by the chunk that owns its column.
 """
 
@@ -34,75 +34,23 @@ import numpy as np
 import pandas as pd
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline import detect as dt
-from pipeline.config import Settings
+from pipeline.config import WINDOW_COLUMNS, Settings
+from pipeline.detection.recording import default_halo_columns, detect_block
+from pipeline.detection.schema import events_table
+from pipeline.detection.scoring import Scan
+from pipeline.detection.settings import DetectError, DetectSettings, resolve_thresholds
 from pipeline.distributed import connect, run_chunks
+from pipeline.files import write_json
 from pipeline.io import cube as cube_io
-from pipeline.io import detections as out_io
+from pipeline.model.bundle import DEFAULT_BUNDLE as DEFAULT_MODEL
+from pipeline.outputs.folder import parts_directory, remove_stale_temporaries
+from pipeline.outputs.parts import finished_parts, iter_parts, write_part
+from pipeline.outputs.raven import write_raven
+from pipeline.outputs.reference_csv import write_seed_csv
+from pipeline.outputs.report import calls_per_class, report_text, write_report
 
 #: The run's journal folder inside OUT_DIR.
 JOURNAL = "_journal"
-
-#: The bundled default model (``recipes/default_model.sh``), inside the package.
-DEFAULT_MODEL = Path(__file__).parent / "model" / "default"
-
-#: Outputs ``--format`` can ask for; the Parquet parts are always written (they are the journal).
-FORMATS = ("parquet", "csv", "raven")
-
-
-class DetectError(ValueError):
-    """A detection run that cannot start as asked; one line for the user."""
-
-
-@dataclass(frozen=True)
-class DetectSettings:
-    """What a detection run does beyond the model's own settings.
-
-    Parameters
-    ----------
-    thresholds : dict, optional
-        Overrides of the model's tuned thresholds: ``"detection"`` and/or class names.
-    scan_stride, scan_gamma : int, float
-        The coarse-to-fine scan of the windows (:class:`pipeline.detect.Scan`); stride 1 scores
-        every window (the dense reference).
-    booster_gate : float
-        Hybrids: the boosters score only windows whose network head gives at least this
-        call score (:class:`pipeline.train.Predictor`); 0 runs them everywhere.
-    formats : tuple of str
-        Derived outputs to write besides the Parquet table: ``"csv"``, ``"raven"``.
-    raven_per_recording : bool
-        One Raven table per recording (Raven's own habit) or one combined table.
-    """
-
-    thresholds: dict | None = None
-    scan_stride: int = 4
-    scan_gamma: float = 0.02
-    booster_gate: float = 0.01
-    formats: tuple[str, ...] = FORMATS
-    raven_per_recording: bool = True
-
-    def __post_init__(self):
-        unknown = sorted(set(self.formats) - set(FORMATS))
-        if unknown:
-            raise DetectError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-        if not 0.0 <= float(self.booster_gate) <= 1.0:
-            raise DetectError(f"booster_gate={self.booster_gate} must lie in [0, 1]")
-        try:
-            self.scan
-        except ValueError as exc:
-            raise DetectError(str(exc)) from None
-
-    @property
-    def scan(self) -> dt.Scan:
-        return dt.Scan(stride=int(self.scan_stride), gamma=float(self.scan_gamma))
-
-    def result_dict(self) -> dict:
-        """The settings that change the detections (the journal refuses a change of these)."""
-        return {
-            "scan_stride": int(self.scan_stride),
-            "scan_gamma": float(self.scan_gamma),
-            "booster_gate": float(self.booster_gate),
-        }
 
 
 @dataclass
@@ -135,7 +83,7 @@ class DetectReport:
         return not self.errors
 
     def to_dict(self) -> dict:
-        """The report as :func:`pipeline.io.detections.write_report` writes it."""
+        """The report as :func:`pipeline.outputs.report.write_report` writes it."""
         return {
             "out": str(self.out),
             "complete": self.complete,
@@ -156,7 +104,7 @@ class DetectReport:
         }
 
     def summary(self) -> str:
-        return out_io.report_text(self.to_dict())
+        return report_text(self.to_dict())
 
 
 # --- the model on the workers ----------------------------------------------------------------
@@ -184,7 +132,7 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker=None):
         from pipeline.model.bundle import load_bundle
-        from pipeline.train import Predictor
+        from pipeline.model.predictor import Predictor
 
         threads = getattr(getattr(worker, "state", None), "nthreads", None) or 1
         _set_tensorflow_threads(threads)
@@ -265,32 +213,32 @@ def chunk_pieces(recordings: pd.DataFrame, start: int, stop: int, usable: np.nda
 
 
 def detect_chunk(
-    cube_path: str, out_dir: str, chunk: int, pieces: list[Piece], thresholds: dict, scan: dt.Scan
+    cube_path: str, out_dir: str, chunk: int, pieces: list[Piece], thresholds: dict, scan: Scan
 ) -> int:
     """Detect the calls of one cube chunk and write them as its part; the number of events."""
     model = worker_model()
     spectrogram, offset = _cube_arrays(cube_path)
     classes = model.bundle.classes
-    halo = dt.default_halo_columns(scan=scan)
+    halo = default_halo_columns(scan=scan)
     tables = []
     if pieces:
         # One read of the chunk and its halo serves every recording in it.
         n_time = spectrogram.shape[0]
         lo = max(min(p.cube_start + p.first for p in pieces) - halo, 0)
-        hi = min(max(p.cube_start + p.stop for p in pieces) + halo + dt.WINDOW_COLUMNS - 1, n_time)
+        hi = min(max(p.cube_start + p.stop for p in pieces) + halo + WINDOW_COLUMNS - 1, n_time)
         block = np.asarray(spectrogram[lo:hi], dtype=np.float32)
         times = np.asarray(offset[lo:hi])
     for p in pieces:
         a = max(p.first - halo, 0)
-        b = min(p.stop + halo + dt.WINDOW_COLUMNS - 1, p.n_columns)
+        b = min(p.stop + halo + WINDOW_COLUMNS - 1, p.n_columns)
         columns = slice(p.cube_start + a - lo, p.cube_start + b - lo)
-        events = dt.detect_block(
+        events = detect_block(
             model.predictor, block[columns], a, p.n_columns, times[columns], (p.first, p.stop), classes, thresholds,
             scan=scan, halo_columns=halo,
         )  # fmt: skip
-        tables.append(out_io.events_table(p.path, p.channel, events, classes))
+        tables.append(events_table(p.path, p.channel, events, classes))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    out_io.write_part(out_dir, chunk, table, classes=classes)
+    write_part(out_dir, chunk, table, classes=classes)
     return len(table)
 
 
@@ -340,27 +288,10 @@ def _open_journal(out: Path, record: dict) -> None:
             )
         return
     if out.exists() and any(out.iterdir()):
-        parts = out_io.parts_directory(out)
+        parts = parts_directory(out)
         if parts.exists():
             raise DetectError(f"{out}: holds detections without a journal; use another --out or delete it")
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    tmp = journal.with_name(f".run.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, journal)
-
-
-def _resolve_thresholds(bundle, overrides: dict | None) -> dict:
-    thresholds = dict(bundle.thresholds)
-    for key, value in (overrides or {}).items():
-        if key != "detection" and key not in bundle.classes:
-            raise DetectError(
-                f"--threshold {key}: the model has no class {key!r} (classes: {', '.join(bundle.classes)})"
-            )
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise DetectError(f"--threshold {key}={value}: a threshold lies in [0, 1]")
-        thresholds[key] = value
-    return thresholds
+    write_json(journal, record, sort_keys=True)
 
 
 def detect_archive(
@@ -371,7 +302,7 @@ def detect_archive(
     cube: str | os.PathLike | None = None,
     settings: DetectSettings | None = None,
     ingest_settings: Settings | None = None,
-    cluster: str | None = "local",
+    cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
     progress: bool = True,
@@ -394,7 +325,7 @@ def detect_archive(
     -------
     DetectReport
     """
-    from pipeline.ingest import ingest
+    from pipeline.ingestion import ingest
     from pipeline.model.bundle import load_bundle
 
     settings = settings or DetectSettings()
@@ -403,7 +334,7 @@ def detect_archive(
     t0 = time.perf_counter()
     report = DetectReport(out=out)
     bundle = load_bundle(model_path)
-    thresholds = _resolve_thresholds(bundle, settings.thresholds)
+    thresholds = resolve_thresholds(bundle, settings.thresholds)
     report.model = {
         "path": str(model_path),
         "architecture": bundle.architecture,
@@ -438,7 +369,7 @@ def detect_archive(
         report.cube = str(cube_path)
         report.settings_fingerprint = str(ds.attrs.get("fingerprint"))
         _open_journal(out, _run_record(bundle, model_path, ds, thresholds, settings))
-        out_io.remove_stale_temporaries(out)
+        remove_stale_temporaries(out)
 
         recordings = ds.batml.recordings
         manifest = ds.batml.manifest
@@ -451,7 +382,7 @@ def detect_archive(
         chunk_columns = int(ds.attrs["chunk_columns"])
         n_time = int(ds.sizes["time"])
         n_chunks = -(-n_time // chunk_columns)
-        done = out_io.finished_parts(out)
+        done = finished_parts(out)
         todo = [k for k in range(n_chunks) if k not in done]
         report.n_chunks, report.chunks_skipped = n_chunks, n_chunks - len(todo)
         t1 = time.perf_counter()
@@ -470,18 +401,18 @@ def detect_archive(
         _write_outputs(report, out, bundle, thresholds, settings, recordings[usable])
         report.timings["outputs"] = time.perf_counter() - t2
     report.timings["total"] = time.perf_counter() - t0
-    out_io.write_report(out, report.to_dict())
+    write_report(out, report.to_dict())
     return report
 
 
 def _write_outputs(report: DetectReport, out: Path, bundle, thresholds, settings: DetectSettings, recordings) -> None:
     spec = bundle.spectrogram
-    report.outputs["parquet"] = str(out_io.parts_directory(out))
+    report.outputs["parquet"] = str(parts_directory(out))
     if "csv" in settings.formats:
-        report.outputs["csv"] = str(out_io.write_seed_csv(out, bundle.classes, thresholds))
+        report.outputs["csv"] = str(write_seed_csv(out, bundle.classes, thresholds))
     if "raven" in settings.formats:
         frequencies = np.asarray(spec.frequencies())
-        tables = out_io.write_raven(
+        tables = write_raven(
             out, bundle.classes, thresholds, window_seconds=window_seconds(spec),
             low_hz=float(frequencies.min()), high_hz=float(frequencies.max()),
             per_recording=settings.raven_per_recording, recordings=recordings[["path", "channel"]],
@@ -489,13 +420,13 @@ def _write_outputs(report: DetectReport, out: Path, bundle, thresholds, settings
         report.outputs["raven"] = str(tables[0].parent) if settings.raven_per_recording and tables else (
             str(tables[0]) if tables else ""
         )
-    report.calls_per_class = out_io.calls_per_class(out, bundle.classes, thresholds)
-    report.n_detections = int(sum(len(part) for _, part in out_io.iter_parts(out, columns=["time"])))
+    report.calls_per_class = calls_per_class(out, bundle.classes, thresholds)
+    report.n_detections = int(sum(len(part) for _, part in iter_parts(out, columns=["time"])))
 
 
 def window_seconds(spec) -> float:
     """Real time spanned by one model window (20 columns: 40 frames, about 23 ms)."""
-    return dt.WINDOW_COLUMNS * spec.zoom * spec.window_s * (1.0 - spec.overlap)
+    return WINDOW_COLUMNS * spec.zoom * spec.window_s * (1.0 - spec.overlap)
 
 
 def _run_chunks(client, cube_path, out_dir, recordings, usable, chunk_columns, n_time, todo, thresholds, scan, progress):
