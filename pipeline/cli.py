@@ -96,23 +96,24 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+# --- simulator (issue 16): cmd_simulate reads SimulationSettings from the options; to move into the CLI module ---
 def cmd_simulate(args) -> int:
     from pipeline.simulate import simulate_archive
+    from pipeline.simulate.settings import settings_from_arguments
 
     archive = simulate_archive(
-        args.out_dir,
-        minutes=args.minutes,
-        seed=args.seed,
-        empty_fraction=args.empty_fraction,
-        overlap_fraction=args.overlap_fraction,
-        time_expanded_fraction=args.time_expanded_fraction,
+        args.out_dir, minutes=args.minutes, seed=args.seed, settings=settings_from_arguments(args),
         progress=not args.quiet,
     )
+    written = [str(p) for p in (archive.annotations_npz, archive.annotations_csv) if p is not None]
     print(
         f"{len(archive.files)} recordings, {archive.duration_s / 60:.1f} min, {archive.n_calls} calls "
-        f"-> {archive.root}\nannotations: {archive.annotations_npz}, {archive.annotations_csv}"
+        f"-> {archive.root}\nannotations: {', '.join(written)}"
     )
+    for note in archive.notes:
+        print(f"note: {note}")
     return EXIT_OK
+# --- end of simulator block ---
 
 
 def cmd_manifest(args) -> int:
@@ -411,22 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="simulate",
-        epilog="Examples:\n  batml simulate example --minutes 1\n  batml simulate sim --minutes 20 --seed 1 --overlap-fraction 0.3",
+        epilog="Examples:\n  batml simulate example --minutes 1\n  batml simulate sim --minutes 20 --seed 1 --overlap-fraction 0.3\n"
+        "  batml simulate varied --minutes 20 --preset varied\n"
+        "  batml simulate bg --minutes 5 --preset varied --background-folder ../shared/data/real/unannotated "
+        "--background-licence 'CC BY-NC 4.0'",
         help="write a synthetic archive of annotated bat recordings",
         description="Write a synthetic archive: full-spectrum WAV files with calls of the 7 groups "
         "(Barbarg, Envsp, Myosp, Pip35, Pip50, Plesp, Rhisp), noise, empty files and overlapping "
-        "species, plus annotations.npz (the seed's format) and annotations.csv. Same seed, same bytes.",
+        "species, plus annotations.npz (the seed's format) and annotations.csv. With --preset varied (or the "
+        "options below) it also randomises call designs (a generic 'bat' family), buzzes, social calls, "
+        "propagation, microphones, recorders and noises; annotations.csv then gives each call's class and "
+        "event, and annotations.npz is not written. Same seed and options, same bytes.",
     )
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write the archive into")
     p.add_argument("--minutes", type=float, default=10.0, help="total audio duration (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--empty-fraction", type=float, default=0.25, help="fraction of files without bats (0.25)")
-    p.add_argument(
-        "--overlap-fraction", type=float, default=0.2, help="fraction of bat files with 2-3 species at once (0.2)"
-    )
-    p.add_argument(
-        "--time-expanded-fraction", type=float, default=0.0, help="fraction of files written time-expanded x10 (0)"
-    )
+    # --- simulator (issue 16): one option per field of SimulationSettings, generated ---
+    from pipeline.simulate.settings import add_arguments as add_simulation_arguments
+
+    add_simulation_arguments(p)
+    # --- end of simulator block ---
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
@@ -682,11 +687,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.model.bundle import BundleError
     from pipeline.io.detections import DetectionsError
     from pipeline.model.params import ParamsError
+    from pipeline.simulate.settings import SimulationError
     from pipeline.train import TrainingError
 
     return (
         SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
-        TrainingError, DetectionsError, FileNotFoundError, PermissionError, *_plot_errors(),
+        TrainingError, DetectionsError, SimulationError, FileNotFoundError, PermissionError, *_plot_errors(),
     )  # fmt: skip
 
 

@@ -136,7 +136,7 @@ def social_calls(species: SpeciesModel, rate: int, span: tuple[int, int], refere
         calls.append(replace(
             reference, species=species, onset=onset, length=length, contour=contour, envelope=envelope,
             amplitude=reference.amplitude * 10 ** (rng.uniform(0.0, 6.0) / 20), harmonics=harmonics,
-            fundamental_gain=1.0, echoes=(), event="social",
+            fundamental_gain=1.0, echoes=(), event="social", dominant=1.0,
         ))
     return sorted(calls, key=lambda call: call.onset)
 

@@ -235,6 +235,9 @@ class Call:
     path
         The air between bat and microphone, whose absorption tilts the call's spectrum and
         filters its echoes; ``None``: no absorption, echoes are plain copies.
+    dominant
+        Multiple of the fundamental of the loudest component, when not the species' (social
+        calls: the fundamental).
     """
 
     species: SpeciesModel
@@ -249,6 +252,12 @@ class Call:
     event: str = "echolocation"
     fundamental_gain: float = 1.0
     path: AirPath | None = field(default=None, repr=False)
+    dominant: float | None = None
+
+    @property
+    def loudest_multiple(self) -> float:
+        """Multiple of the fundamental of the loudest component (the annotated box's)."""
+        return self.species.dominant if self.dominant is None else self.dominant
 
     @property
     def class_name(self) -> str:
@@ -268,12 +277,12 @@ class Call:
     @property
     def low_hz(self) -> float:
         """Lowest frequency of the loudest component."""
-        return self.species.dominant * min(freq for _, freq in self.contour)
+        return self.loudest_multiple * min(freq for _, freq in self.contour)
 
     @property
     def high_hz(self) -> float:
         """Highest frequency of the loudest component that the recording holds (at most Nyquist)."""
-        return min(self.species.dominant * max(freq for _, freq in self.contour), self.rate / 2)
+        return min(self.loudest_multiple * max(freq for _, freq in self.contour), self.rate / 2)
 
 
 def lerp(bounds: tuple[float, float], quantile):

@@ -48,7 +48,7 @@ broadband  very short, broadband, multi-harmonic, faint sweeps of gleaning and f
 
 Harmonics: ``generic_harmonics`` components in all (fundamental included); in the loudest-
 upper-harmonic case the 2nd (three times in four) or the 3rd is loudest and the fundamental
-4-20 dB below it, as in Pteronotus davyi, whose 2nd harmonic is usually the more intense
+4-20 dB below it (15-30 dB for CF-FM bats, whose fundamental is faint), as in Pteronotus davyi, whose 2nd harmonic is usually the more intense
 (Ibanez, Guillen, Juste & Perez-Jorda 1999, J Mammal 80:924); other harmonics 8-24 dB below
 the loudest. Within one bat, each call varies around the bat's values (peak 2 %, start and end
 4 %, duration 15 %, interval 10 %).
@@ -96,6 +96,8 @@ GENERIC_SHAPE_MODELS: dict[str, GenericShape] = {
 
 _JITTER = {"peak": 0.02, "sweep": 0.04, "duration": 0.15, "ipi": 0.1}
 _ALTERNATION_STEP = (0.03, 0.10)
+_FUNDAMENTAL_DB = (-20.0, -4.0)     # below a loudest upper harmonic
+_CF_FUNDAMENTAL_DB = (-30.0, -15.0)  # rhinolophids' and Pteronotus' fundamental is weak
 _MARGIN = 0.97          # the loudest component's peak stays this far below the anti-alias edge
 
 
@@ -156,11 +158,12 @@ def draw_generic_species(rate: int, edge_fraction: float, settings, rng: np.rand
     else:
         ipi = max(_log_uniform(shape.ipi_ms, rng), 2.0 * duration)
     harmonics, fundamental_db, dominant = _draw_harmonics(shape, settings, rng)
-    types = [_call_type(peak, start, end, duration, dominant)]
+    bounds = (settings.generic_frequency_khz, settings.generic_duration_ms)
+    types = [_call_type(peak, start, end, duration, dominant, *bounds)]
     if shape.alternation and rng.random() < shape.alternation:
         step = 1.0 + rng.uniform(*_ALTERNATION_STEP)
         types.append(_call_type(min(peak * step, start - 0.5), start, min(end * step, peak * step - 0.5),
-                                duration, dominant))
+                                duration, dominant, *bounds))
     return SpeciesModel(
         species=f"generic {name}", group=GENERIC_CLASS, shape=shape.synthesis, call_types=tuple(types),
         ipi_ms=_spread(ipi, _JITTER["ipi"]), snr_db=shape.snr_db, harmonics=harmonics,
@@ -168,14 +171,20 @@ def draw_generic_species(rate: int, edge_fraction: float, settings, rng: np.rand
     )
 
 
-def _call_type(peak: float, start: float, end: float, duration: float, dominant: int) -> CallType:
-    """Ranges around one call design, in the fundamental's kHz."""
+def _call_type(peak: float, start: float, end: float, duration: float, dominant: int,
+               frequency_khz: tuple[float, float], duration_ms: tuple[float, float]) -> CallType:
+    """Ranges around one call design (kept inside the allowed ranges), in the fundamental's kHz."""
     k = float(dominant)
+
+    def around(value, jitter, bounds, scale=k):
+        return tuple(float(np.clip(v, *bounds)) / scale for v in _spread(value, jitter))
+
     return CallType(
-        start_khz=tuple(f / k for f in _spread(start, _JITTER["sweep"])),
-        end_khz=tuple(f / k for f in _spread(end, _JITTER["sweep"])),
-        peak_khz=tuple(f / k for f in _spread(peak, _JITTER["peak"])),
-        duration_ms=_spread(duration, _JITTER["duration"]),
+        start_khz=around(start, _JITTER["sweep"], frequency_khz),
+        end_khz=around(end, _JITTER["sweep"], frequency_khz),
+        # room for the sweep shapes' minimum steps around the peak (1 and 0.5 kHz of the fundamental)
+        peak_khz=around(peak, _JITTER["peak"], (frequency_khz[0] + 0.5 * k, frequency_khz[1] - k)),
+        duration_ms=around(duration, _JITTER["duration"], duration_ms, 1.0),
     )
 
 
@@ -188,7 +197,7 @@ def _draw_harmonics(shape: GenericShape, settings, rng: np.random.Generator):
     harmonics = []
     fundamental_db = (0.0, 0.0)
     if dominant > 1:
-        level = rng.uniform(-20.0, -4.0)
+        level = rng.uniform(*(_CF_FUNDAMENTAL_DB if shape.synthesis == "CF" else _FUNDAMENTAL_DB))
         fundamental_db = (level - 2.0, level + 2.0)
     for multiple in range(2, count + 1):
         if multiple == dominant:

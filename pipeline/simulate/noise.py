@@ -4,7 +4,7 @@ Levels are in dB above the recorder's Gaussian self-noise RMS (``noise_dbfs``, -
 full scale per file).
 
 * **Self-noise** (always): white Gaussian noise, through the anti-alias filter when it is not
-  the default one.
+  the default one, coloured by smooth random bumps of up to ``noise_colour_db`` (:func:`colour_gain`).
 * **Low-frequency noise** (``low_frequency_noise_probability``): steady noise below 2-10 kHz
   (traffic, distant wind, electronics), 10-30 dB.
 * **Insect band** (``insect_band_probability``): continuous band-pass noise somewhere in
@@ -109,6 +109,24 @@ def band_noise(n: int, rate: int, low_hz: float, high_hz: float, rng: np.random.
     return band / rms if rms > 0 else band
 
 
+def colour_gain(freqs_hz: np.ndarray, depth_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Amplitude gain of a coloured noise floor: 2-5 smooth bumps and dips, at most ``depth_db``.
+
+    Real recorders' noise floors are not white (preamplifier and microphone noise rise and fall
+    with frequency, e.g. a broad hump at 60-100 kHz in the Tadarida sample's SM2BAT+ files); the
+    bumps are Gaussian in log-frequency (0.3-1.5 octaves wide) centred between 5 kHz and Nyquist.
+    """
+    f = np.maximum(np.asarray(freqs_hz, dtype=np.float64), 100.0)
+    top = max(float(f.max()), 6e3)
+    db = np.zeros_like(f)
+    for _ in range(int(rng.integers(2, 6))):
+        centre = math.exp(rng.uniform(math.log(5e3), math.log(top)))
+        width = rng.uniform(0.3, 1.5)
+        db += rng.uniform(-1.0, 1.0) * np.exp(-0.5 * (np.log2(f / centre) / width) ** 2)
+    peak = float(np.abs(db).max())
+    return 10 ** (db * (depth_db / peak if peak > 0 else 0.0) / 20)
+
+
 def _gate(n: int, rate: int, onsets_s: np.ndarray, durations_s: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """An envelope of half-sine bumps, one per (onset, duration, level)."""
     gate = np.zeros(n)
@@ -197,6 +215,7 @@ def electrical_tone(n: int, rate: int, level: float, fundamental_khz: tuple[floa
 #: Room kept around every excluded span (its calls' echoes and faint starts), seconds.
 EXCLUDE_MARGIN_S = 0.05
 _MIN_PIECE_S = 0.02
+_REAL_TIME_MIN_RATE = 96_000     # a header rate below this, without GUANO TE, means time expansion
 _CROSSFADE_S = 0.002
 
 
@@ -222,7 +241,8 @@ class BackgroundLibrary:
         seconds; ``file`` as a path relative to ``folder``, with or without ``.wav``, or a
         file's stem); spans are widened by :data:`EXCLUDE_MARGIN_S`.
     time_expansion
-        Time expansion of files without a GUANO ``TE`` field.
+        Time expansion of files without a GUANO ``TE`` field whose header rate is below 96 kHz
+        (too low for ultrasound in real time); other files are real time.
 
     Raises
     ------
@@ -244,7 +264,8 @@ class BackgroundLibrary:
                 info = read_info(path)
             except RecordingError as exc:
                 raise SimulationError(f"background {exc}") from None
-            expansion = info.time_expansion if "TE" in info.guano else time_expansion
+            expansion = info.time_expansion if "TE" in info.guano else (
+                time_expansion if info.sample_rate < _REAL_TIME_MIN_RATE else 1)
             duration = info.frames / (info.sample_rate * expansion)
             taken = spans.get(name[:-4], []) + spans.get(path.stem, []) + spans.get(name, [])
             free = _free_parts(duration, taken)

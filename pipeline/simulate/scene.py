@@ -337,7 +337,8 @@ class SimulatedRecording:
 def _background(n: int, rate: int, noise_rms: float, s: SimulationSettings, recorder: Recorder,
                 rng: np.random.Generator, factors: dict) -> np.ndarray:
     """Float32 background: self-noise and the noises of the settings, through the recorder."""
-    plain = recorder.plain
+    colour_db = _draw(s.noise_colour_db, rng)
+    plain = recorder.plain and colour_db == 0
     if plain:
         samples = rng.standard_normal(n, dtype=np.float32)
         samples *= noise_rms
@@ -367,13 +368,16 @@ def _background(n: int, rate: int, noise_rms: float, s: SimulationSettings, reco
         spectrum = scipy.fft.rfft(acoustic, size) * recorder.response(freqs)
         scale = noise_rms * math.sqrt(size / 2)
         white = rng.standard_normal((2, freqs.size))
-        spectrum += (scale * recorder.antialias(freqs)) * (white[0] + 1j * white[1])
+        shape = recorder.antialias(freqs) if colour_db == 0 else recorder.antialias(freqs) * noise.colour_gain(
+            freqs, colour_db, rng)
+        spectrum += (scale * shape) * (white[0] + 1j * white[1])
         samples = scipy.fft.irfft(spectrum, size)[:n].astype(np.float32)
     if s.electrical_probability > 0 and rng.random() < s.electrical_probability:
         samples += noise.electrical_tone(n, rate, noise_rms, s.electrical_frequency_khz,
                                          recorder.antialias_edge * rate / 2, rng).astype(np.float32)
         kinds.append("electrical")
     factors["noises"] = ";".join(kinds)
+    factors["noise_colour_db"] = colour_db
     return samples
 
 

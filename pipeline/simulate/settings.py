@@ -116,7 +116,8 @@ class SimulationSettings:
     generic_duration_ms: tuple[float, float] = _factor(
         (0.5, 60.0), "duration range (ms) of generic bats' echolocation calls", "bats")
     generic_upper_harmonic_fraction: float = _factor(
-        0.3, "fraction of generic bats whose loudest component is the 2nd or 3rd harmonic", "bats")
+        0.3, "fraction of generic FM, FM-QCF and QCF bats whose loudest component is the 2nd or 3rd harmonic "
+        "(CF-FM bats: 0.8, broadband-FM bats: 0.6)", "bats")
     generic_harmonics: tuple[int, int] = _factor(
         (1, 4), "number of components (fundamental included) of generic bats' calls", "bats")
 
@@ -159,6 +160,9 @@ class SimulationSettings:
     # --- noise -------------------------------------------------------------------------------
     noise_dbfs: tuple[float, float] = _factor(
         (-66.0, -50.0), "RMS (dB re full scale) of the recorder's Gaussian self-noise, per file", "noise")
+    noise_colour_db: tuple[float, float] = _factor(
+        (0.0, 0.0), "largest deviation (dB) of the self-noise spectrum from white: smooth random bumps, per file",
+        "noise")
     low_frequency_noise_probability: float = _factor(
         0.5, "fraction of files with steady noise below 2-10 kHz", "noise")
     insect_band_probability: float = _factor(
@@ -189,7 +193,7 @@ class SimulationSettings:
     background_gain_db: tuple[float, float] = _factor(
         (-6.0, 6.0), "gain (dB) applied to a real background segment", "backgrounds")
     background_time_expansion: int = _factor(
-        1, "time expansion of background files that carry no GUANO TE field", "backgrounds")
+        1, "time expansion of background files without GUANO TE whose header rate is below 96 kHz", "backgrounds")
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -225,7 +229,7 @@ class SimulationSettings:
             buzz_probability=0.15, social_probability=0.1,
             propagation=True, echo_count=(1, 3), reverberation_probability=0.3,
             insect_train_probability=0.25, rain_probability=0.05, wind_probability=0.15,
-            electrical_probability=0.1,
+            electrical_probability=0.1, noise_colour_db=(0.0, 10.0),
         )
         return cls(**{**preset, **changes})
 
