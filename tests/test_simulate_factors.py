@@ -304,7 +304,8 @@ def test_echoes_add_delayed_energy_and_late_ones_are_duller():
     assert lags[np.argmax(residual)] == delay
     # Through air, a late echo has lost more of its high frequencies than an early one.
     air = Air(20.0, 50.0)
-    reverb = dataclasses.replace(dry, path=AirPath(air, 5.0, 50e3), echoes=((int(0.002 * rate), 0.5), (int(0.03 * rate), 0.5)))
+    reverb = dataclasses.replace(dry, path=AirPath(air, 5.0, 50e3),
+                                 echoes=((int(0.002 * rate), 0.5), (int(0.03 * rate), 0.5)))
     _, echoes = render_call(reverb)
     tilt = [_db(_band_energy(w, rate, 70e3, 80e3) / _band_energy(w, rate, 30e3, 40e3)) for _, w in echoes]
     assert tilt[0] - tilt[1] > 3.0
@@ -439,7 +440,7 @@ def test_real_backgrounds_are_used_and_recorded(tmp_path, real_data):
     free = {item.name: item for item in library.files}
     assert free[tadarida.name].rate == 384_000 and free[quiet.name].rate == 250_000
     for a, b in free[tadarida.name].free:
-        assert not any(a < e + 0.05 and s - 0.05 < b for s, e in zip(spans["position"], spans["end"]))
+        assert not any(a < e + 0.05 and s - 0.05 < b for s, e in zip(spans["position"], spans["end"], strict=True))
     # Their energy appears: with the self-noise far below, a recording's spectrum is the real one's.
     settings = SimulationSettings(background_folder=folder, background_exclude=tmp_path / "spans.csv",
                                   background_licence="GPL-3 and CC BY-NC 4.0", background_probability=1.0,

@@ -253,7 +253,9 @@ def simulate_archive(out_dir: str | os.PathLike, minutes: float, seed: int = 0, 
                                        bit_depth=plan.bit_depth, backgrounds=backgrounds)
         path = root / f"{plan.name}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        guano = guano_text(timestamp=plan.timestamp, time_expansion=plan.time_expansion, rate=plan.rate) if s.guano else None
+        guano = None
+        if s.guano:
+            guano = guano_text(timestamp=plan.timestamp, time_expansion=plan.time_expansion, rate=plan.rate)
         _write_atomically(path, wav_bytes(recording.samples, plan.rate // plan.time_expansion, guano, plan.bit_depth))
         rows += _annotation_rows(plan, recording.calls, numbered)
         drawn.append({

@@ -166,5 +166,5 @@ def _social_shape(kind: str, frequency_khz: tuple[float, float], duration_ms: fl
     cycles = max(rng.uniform(50.0, 300.0) * duration_ms * 1e-3, 1.0)
     u = np.linspace(0.0, 1.0, max(int(cycles * 8), 16))
     freqs = np.clip(centre * (1.0 + depth * np.sin(2 * np.pi * cycles * u)), lo, hi)
-    return tuple(zip(u.tolist(), freqs.tolist())), ((0.0, 0.0), (0.1, 1.0), (0.9, 1.0), (1.0, 0.0))
+    return tuple(zip(u.tolist(), freqs.tolist(), strict=True)), ((0.0, 0.0), (0.1, 1.0), (0.9, 1.0), (1.0, 0.0))
 

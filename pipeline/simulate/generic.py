@@ -48,7 +48,8 @@ broadband  very short, broadband, multi-harmonic, faint sweeps of gleaning and f
 
 Harmonics: ``generic_harmonics`` components in all (fundamental included); in the loudest-
 upper-harmonic case the 2nd (three times in four) or the 3rd is loudest and the fundamental
-4-20 dB below it (15-30 dB for CF-FM bats, whose fundamental is faint), as in Pteronotus davyi, whose 2nd harmonic is usually the more intense
+4-20 dB below it (15-30 dB for CF-FM bats, whose fundamental is faint), as in Pteronotus
+davyi, whose 2nd harmonic is usually the more intense
 (Ibanez, Guillen, Juste & Perez-Jorda 1999, J Mammal 80:924); other harmonics 8-24 dB below
 the loudest. Within one bat, each call varies around the bat's values (peak 2 %, start and end
 4 %, duration 15 %, interval 10 %).

@@ -137,7 +137,8 @@ def _gate(n: int, rate: int, onsets_s: np.ndarray, durations_s: np.ndarray, leve
     return gate
 
 
-def insect_train(n: int, rate: int, level: float, band_khz: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+def insect_train(n: int, rate: int, level: float, band_khz: tuple[float, float],
+                 rng: np.random.Generator) -> np.ndarray:
     """Pulsed bush-cricket stridulation: band noise gated by syllables grouped in echemes.
 
     Parameters
@@ -351,7 +352,7 @@ def _read_spans(path: Path) -> dict[str, list[tuple[float, float]]]:
     if missing:
         raise SimulationError(f"{path}: missing column(s) {', '.join(missing)}")
     spans: dict[str, list[tuple[float, float]]] = {}
-    for row, (name, start, end) in enumerate(zip(table["file"], table["position"], table["end"]), start=2):
+    for row, (name, start, end) in enumerate(zip(table["file"], table["position"], table["end"], strict=True), start=2):
         try:
             start, end = float(start), float(end)
         except (TypeError, ValueError):

@@ -107,7 +107,8 @@ def _echo_structure(settings: SimulationSettings, rate: int, n: int, first_delay
     extra = []
     if count > 1:
         extra = [
-            (np.round(rng.uniform(*delay_s, n) * rate).astype(np.int64), 10 ** (rng.uniform(*settings.echo_gain_db, n) / 20))
+            (np.round(rng.uniform(*delay_s, n) * rate).astype(np.int64),
+             10 ** (rng.uniform(*settings.echo_gain_db, n) / 20))
             for _ in range(count - 1)
         ]
     tail: tuple[tuple[int, float], ...] = ()
@@ -354,7 +355,8 @@ def _background(n: int, rate: int, noise_rms: float, s: SimulationSettings, reco
         kinds.append("insect-band")
     noise.add_clicks(acoustic, rate, noise_rms, rng, s.click_probability)
     if s.insect_train_probability > 0 and rng.random() < s.insect_train_probability:
-        acoustic += noise.insect_train(n, rate, noise_rms * 10 ** (rng.uniform(5, 30) / 20), s.insect_frequency_khz, rng)
+        level = noise_rms * 10 ** (rng.uniform(5, 30) / 20)
+        acoustic += noise.insect_train(n, rate, level, s.insect_frequency_khz, rng)
         kinds.append("insect-train")
     if s.rain_probability > 0 and rng.random() < s.rain_probability:
         acoustic += noise.rain(n, rate, noise_rms, rng)
