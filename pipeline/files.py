@@ -116,6 +116,13 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
     return Path(target)
 
 
+def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    """Write a whole binary file atomically; its path."""
+    with atomic_file(target, "wb") as fh:
+        fh.write(data)
+    return Path(target)
+
+
 def write_json(target: str | os.PathLike, document: Any, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
     """Write ``json_ready(document)`` as a JSON file atomically; its path."""
     text = json.dumps(json_ready(document), indent=indent, sort_keys=sort_keys, allow_nan=False, ensure_ascii=False)

@@ -1,4 +1,4 @@
-"""Tests of pipeline.simulate: archive layout, annotations, reproducibility and call physics."""
+"""Tests of pipeline.simulation: archive layout, annotations, reproducibility and call physics."""
 
 import hashlib
 from collections import Counter

@@ -65,11 +65,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.model.bundle import BundleError
     from pipeline.model.params import ParamsError
     from pipeline.outputs.folder import DetectionsError
+    from pipeline.simulation.settings import SimulationError
     from pipeline.training import TrainingError
 
     return (
         SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
-        TrainingError, DetectionsError, FileNotFoundError, PermissionError, *_plot_errors(),
+        TrainingError, DetectionsError, SimulationError, FileNotFoundError, PermissionError, *_plot_errors(),
     )  # fmt: skip
 
 
