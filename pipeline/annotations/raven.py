@@ -133,7 +133,7 @@ def _table_calls(table: DelimitedTable, recording: str | None, species_column: s
         files = [recording] * len(rows)
         offset = begin
     for i in np.flatnonzero(end < begin):
-        raise AnnotationError(f"{where[i]}: {END} {end[i]!r} is before {BEGIN} {begin[i]!r}")
+        raise AnnotationError(f"{where[i]}: {END} {float(end[i])!r} is before {BEGIN} {float(begin[i])!r}")
     labels, kinds = [], []
     for i, row in enumerate(rows):
         kind = None

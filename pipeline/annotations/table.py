@@ -274,17 +274,17 @@ def validate_calls(calls: pd.DataFrame, *, where: Sequence[str] | None = None, o
         (table["file"].isna().to_numpy() | (table["file"].fillna("").str.strip() == "").to_numpy(),
          lambda i: "the recording's name is empty"),
         (~np.isfinite(table["position"].to_numpy()),
-         lambda i: f"start time {table['position'][i]!r} is not a finite number"),
-        (table["position"].to_numpy() < 0, lambda i: f"start time {table['position'][i]!r} s is negative"),
+         lambda i: f"start time {float(table['position'][i])!r} is not a finite number"),
+        (table["position"].to_numpy() < 0, lambda i: f"start time {float(table['position'][i])!r} s is negative"),
         (table["end"].notna().to_numpy() & ~np.isfinite(table["end"].fillna(0).to_numpy()),
-         lambda i: f"end time {table['end'][i]!r} is not a finite number"),
+         lambda i: f"end time {float(table['end'][i])!r} is not a finite number"),
         (table["end"].to_numpy() < table["position"].to_numpy(),
-         lambda i: f"end time {table['end'][i]!r} s is before the start time {table['position'][i]!r} s"),
+         lambda i: f"end time {float(table['end'][i])!r} s is before the start time {float(table['position'][i])!r} s"),
         ((table["low_freq"].to_numpy() < 0) | (table["high_freq"].to_numpy() < 0),
-         lambda i: f"negative frequency ({table['low_freq'][i]!r}..{table['high_freq'][i]!r} Hz)"),
+         lambda i: f"negative frequency ({float(table['low_freq'][i])!r}..{float(table['high_freq'][i])!r} Hz)"),
         (table["low_freq"].to_numpy() > table["high_freq"].to_numpy(),
-         lambda i: f"low frequency {table['low_freq'][i]!r} Hz is above the high frequency {table['high_freq'][i]!r} Hz"),
-        (table["duration"].to_numpy() < 0, lambda i: f"recording duration {table['duration'][i]!r} s is negative"),
+         lambda i: f"low frequency {float(table['low_freq'][i])!r} Hz is above the high frequency {float(table['high_freq'][i])!r} Hz"),
+        (table["duration"].to_numpy() < 0, lambda i: f"recording duration {float(table['duration'][i])!r} s is negative"),
         (~table["event"].isin(EVENTS).to_numpy(),
          lambda i: f"unknown kind of sound {table['event'][i]!r}; expected one of {', '.join(EVENTS)}"),
         (table["split"].notna().to_numpy() & ~table["split"].isin(SPLITS).to_numpy(),
@@ -342,7 +342,7 @@ def validate_windows(windows: pd.DataFrame | None, *, origin: str = "windows") -
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise AnnotationError(
-                f"{origin}: annotated window {i + 1} ({out['file'][i]} {start[i]!r}..{end[i]!r} s): {reason}"
+                f"{origin}: annotated window {i + 1} ({out['file'][i]} {float(start[i])!r}..{float(end[i])!r} s): {reason}"
             )
     return out
 

@@ -134,7 +134,7 @@ def _recording_calls(eti: Path, ta: Path, name: str, species: dict | None, stric
     index: dict[int, int] = {}
     for i, number in enumerate(numbers["CallNum"]):
         if number != round(number) or int(number) in index:
-            raise AnnotationError(f"{dwhere[i]}: CallNum {number!r} is not a distinct call number")
+            raise AnnotationError(f"{dwhere[i]}: CallNum {float(number):g} is not a distinct call number")
         index[int(number)] = i
     calls_of = parse_numbers(labels.column("Cri"), column="Cri", where=lwhere)
     rows, where, labelled = [], [], set()
