@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile
 
 from pipeline.annotations import AnnotationError, read_tadarida, select_calls
@@ -46,14 +47,26 @@ def test_calls_per_species_match_the_readme(rsdb):
 
 
 def test_times_and_frequencies_are_real(rsdb):
-    """The labels lie inside their recordings' real duration, at bat frequencies."""
+    """The labels lie inside their recordings' real duration, and the energy of the audio read at
+    the real rate is in each bat call's band at its time (not at the header-time reading)."""
     calls = read_tadarida(rsdb).calls
     folder = rsdb / "RSDB_sample" / "20160822"
+    at_label, at_header_time = [], []
     for name, group in calls.groupby("file"):
-        info = soundfile.info(str(folder / f"{name.rsplit('/', 1)[1]}.wav"))
-        real_duration = info.frames / (info.samplerate * 10)  # x10 time expansion, no GUANO
+        samples, header_rate = soundfile.read(str(folder / f"{name.rsplit('/', 1)[1]}.wav"))
+        real_duration = len(samples) / (header_rate * 10)  # x10 time expansion, no GUANO
         assert group["duration"].iloc[0] == pytest.approx(real_duration, abs=0.01)
         assert (group["end"] <= real_duration + 0.01).all()
+        freqs, times, power = scipy.signal.spectrogram(samples, fs=header_rate * 10, nperseg=512, noverlap=384)
+        for call in group[group["event"] == "echolocation"].to_dict("records"):
+            band = (freqs >= call["low_freq"]) & (freqs <= call["high_freq"])
+            mean = power[band].mean()
+            for start, end, store in ((call["position"], call["end"], at_label),
+                                      (call["position"] / 10, call["end"] / 10, at_header_time)):  # fmt: skip
+                during = (times >= start) & (times <= end)
+                if during.any():
+                    store.append(power[band][:, during].mean() / mean)
+    assert np.median(at_label) > 1.5 and np.median(at_header_time) < 0.5
     bats = calls[calls["event"] == "echolocation"]
     assert bats["high_freq"].median() > 40_000 and bats["low_freq"].min() >= 8_000  # kHz -> Hz, real
     pip = bats[bats["class"] == "Pipistrellus pipistrellus"]

@@ -19,20 +19,19 @@ folder ``../shared/data/real/tadarida_rsdb`` and its README):
   ``frog``, ``other-mammal``...). Insects, birds and noise are told apart from bats by their
   group; the ``Type`` of a non-bat row says nothing (bush-crickets are labelled ``social``).
 
-**Checked against the audio** (``tadarida_rsdb``, 25 SM2BAT+ recordings whose WAV headers say
-38.4 kHz, time-expanded x10): the ``.ta`` is in **real** time and real frequency. Its
-``SampleRate`` is 384000 and its ``FileDur`` (e.g. 5.00) is the header's duration divided by 10;
-reading each WAV at 384 kHz and taking the spectrum of the samples from ``StTime`` to
-``StTime + Dur`` (ms, real), the peak frequency of the labelled bat calls falls at the species'
-known frequency and inside ``Fmin..Fmax`` (kHz, real): median peak 47.7 kHz for Pipistrellus
-pipistrellus (``.ta`` median of the frequency of maximum energy ``FreqMP``: 49.5), 54.5 for
-P. pygmaeus (55.5), 37.6 for P. kuhlii (36.8), 33.9 for Barbastella barbastellus (33.8), 49.8 for
-Miniopterus schreibersii (50.3); 77 % of the Pipistrellus pipistrellus calls peak inside their
-``Fmin..Fmax``, and the band's energy in those samples is a median 2.8 times its mean over the
-recording (at the header-time reading, ``StTime`` / 10, it is 0.33 times: no call there). So
-``time_expansion`` defaults to 1: Tadarida-D, run with the recorder's expansion factor, writes
-real times; give the factor only for ``.ta`` files written in header time (``SampleRate``
-the header's rate).
+**Checked against the audio** (``python benchmarks/annotation_units.py``, on ``tadarida_rsdb``:
+25 SM2BAT+ recordings whose WAV headers say 38.4 kHz, time-expanded x10): the ``.ta`` is in
+**real** time and real frequency. Its ``SampleRate`` is 384000 and its ``FileDur`` is the header's
+duration divided by 10 (ratio 1.0000). Reading each WAV at 384 kHz, the energy in a bat call's
+``Fmin..Fmax`` band during ``StTime..StTime + Dur`` (ms, real) is a median 2.08 times that band's
+mean over the recording (710 echolocation calls); read as header time (``StTime`` / 10) it is
+0.10 times (no call there). The spectral peak of the labelled samples falls at each species'
+known frequency (kHz, real; median): Pipistrellus pipistrellus 47.7, P. pygmaeus 54.5,
+P. kuhlii 37.6, Myotis nattereri 50.2, Miniopterus schreibersii 49.8, Barbastella barbastellus
+34.0, Eptesicus serotinus 37.7, Plecotus auritus 26.0; inside ``Fmin..Fmax`` (+-1 kHz) for 77 %
+of the P. pipistrellus calls. So ``time_expansion`` defaults to 1: Tadarida-D, run with the
+recorder's expansion factor, writes real times; give the factor only for ``.ta`` files written
+in header time (their ``SampleRate`` is the header's rate).
 
 The labels are on the calls Tadarida's detector found: a faint call it missed has no label, so
 "no label" is uncertain, not a sure negative. Unlabelled calls are rows of kind ``other``.
