@@ -56,6 +56,7 @@ def test_detection_only_any_names_and_integer_classes_beyond_seven(tmp_path):
     "text, message",
     [
         ("file,class\na,1\n", r"missing column\(s\) position"),
+        ("file;position\na;1\n", r"missing column\(s\) file, position \(the header has one column with ';'"),
         ("file,position\na,0.1\nb,1.2.3\n", r"line 3: position '1\.2\.3' is not a number"),
         ("file,position,end\na,0.5,0.25\n", r"line 2: end time 0\.25 s is before the start time 0\.5 s"),
         ("file,position\na,-1\n", r"line 2: start time -1\.0 s is negative"),

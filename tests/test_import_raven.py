@@ -78,6 +78,10 @@ def test_one_table_with_begin_file_reads_the_time_in_each_file(tmp_path):
     assert list(calls["file"]) == ["a.wav", "b.wav", "b.wav"]
     np.testing.assert_allclose(calls["position"], [2.25, 0.5, 7.75])
     np.testing.assert_allclose(calls["end"] - calls["position"], 0.004, atol=1e-9)
+    # With Begin Path only (a full path on the annotator's computer), the file name is the recording.
+    no_file = [h for h in header if h != "Begin File"]
+    _write(tmp_path / "paths.selections.txt", no_file, selections, views=("Spectrogram 1",))
+    assert list(read_raven(tmp_path / "paths.selections.txt").calls["file"]) == ["a.wav", "b.wav", "b.wav"]
     # Without File Offset (s), Begin Time is on the sound set's timeline: refused for several files.
     no_offset = [h for h in header if h != "File Offset (s)"]
     _write(tmp_path / "bad.selections.txt", no_offset, selections, views=("Spectrogram 1",))

@@ -143,7 +143,9 @@ def read_csv(
     table = _read_table(path)
     missing = [name for name in ("file", "position") if name not in table.columns]
     if missing:
-        raise AnnotationError(f"{path}: missing column(s) {', '.join(missing)} (a CSV of calls needs file,position)")
+        hint = " (the header has one column with ';': save the file as comma-separated)" if (
+            len(table.columns) == 1 and ";" in table.columns[0]) else " (a CSV of calls needs file,position)"  # fmt: skip
+        raise AnnotationError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
     where = [f"{path}, line {i + 2}" for i in range(len(table))]
     if class_names is None and sidecar(path, CLASSES_SUFFIX).is_file():
         class_names = sidecar(path, CLASSES_SUFFIX)

@@ -13,8 +13,10 @@ selection tables and on large datasets; and the tables batml itself writes,
 - A selection visible in several views is one row **per view**, with the same ``Selection``
   number and the same bounds: read once here (the spectrogram view's row is preferred).
 - A table made on a multi-file sound set adds ``Begin File`` (the file the selection starts
-  in) and ``File Offset (s)`` (its start within that file); ``Begin Time (s)`` is then on the
-  concatenated timeline of the sound set. Times in the file come from ``File Offset (s)``.
+  in; ``Begin Path`` its full path) and ``File Offset (s)`` (its start within that file);
+  ``Begin Time (s)`` is then on the concatenated timeline of the sound set. Times in the file
+  come from ``File Offset (s)``; the recording is ``Begin File`` (else ``Begin Path``'s file name).
+- ``Channel`` is not kept: a call belongs to its file, whatever the channel it was drawn on.
 - Times are in seconds and frequencies in hertz **of the sound as Raven opened it**: unless the
   file was opened with its speed corrected, Raven does not undo time expansion, so a table made
   on a x10 time-expanded file has times 10 times too long and frequencies 10 times too low.
@@ -54,7 +56,7 @@ SPECIES_COLUMNS = ("Species", "species", "Class", "class", "Label", "label", "An
 #: Columns searched for the kind of sound (echolocation, social, buzz...) when none is named.
 EVENT_COLUMNS = ("Event", "Call Type", "Sound Type Category", "Call type", "event", "call type")
 BEGIN, END, LOW, HIGH = "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"
-BEGIN_FILE, FILE_OFFSET = "Begin File", "File Offset (s)"
+BEGIN_FILE, BEGIN_PATH, FILE_OFFSET = "Begin File", "Begin Path", "File Offset (s)"
 
 _TABLE_SUFFIX = re.compile(r"\.Table\.\d+\.selections\.txt$", re.IGNORECASE)
 
@@ -115,11 +117,14 @@ def _table_calls(table: DelimitedTable, recording: str | None, species_column: s
     end = parse_numbers([r[END] for r in rows], column=END, where=where)
     low = parse_numbers([r.get(LOW, "") for r in rows], column=LOW, where=where, required=False)
     high = parse_numbers([r.get(HIGH, "") for r in rows], column=HIGH, where=where, required=False)
-    if BEGIN_FILE in table.header:
-        files = [r[BEGIN_FILE] for r in rows]
+    file_column = BEGIN_FILE if BEGIN_FILE in table.header else (BEGIN_PATH if BEGIN_PATH in table.header else None)
+    if file_column is not None:
+        files = [r[file_column] for r in rows]
+        if file_column == BEGIN_PATH:  # a full path on the annotator's computer: its file name
+            files = [re.split(r"[\\/]", name)[-1] for name in files]
         for i, name in enumerate(files):
             if not name:
-                raise AnnotationError(f"{where[i]}: {BEGIN_FILE} is empty")
+                raise AnnotationError(f"{where[i]}: {file_column} is empty")
         if FILE_OFFSET in table.header:
             offset = parse_numbers([r[FILE_OFFSET] for r in rows], column=FILE_OFFSET, where=where)
         elif len(set(files)) <= 1:

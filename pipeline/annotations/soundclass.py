@@ -158,7 +158,12 @@ def read_soundclass(
     auto = isinstance(time_expansion, str) and time_expansion.strip().lower() == "auto"
     fixed = None if auto else check_time_expansion(time_expansion)
     if sample_rate is not None:
-        sample_rate = check_time_expansion(sample_rate)  # a positive number
+        try:
+            sample_rate = float(sample_rate)
+        except (TypeError, ValueError):
+            sample_rate = math.nan
+        if not (math.isfinite(sample_rate) and sample_rate > 0):
+            raise AnnotationError(f"{path}: sample_rate must be a positive number of Hz")
     files = _audio_of(Path(audio) if audio is not None else path.parent) if sample_rate is None else {}
     info: dict[str, tuple[float, float] | None] = {}
     records, where, missing = [], [], {}

@@ -389,7 +389,7 @@ def check_time_expansion(time_expansion) -> float:
 # The set
 
 
-@dataclass
+@dataclass(eq=False)
 class AnnotationSet:
     """Annotated calls read from one source, in real time.
 
