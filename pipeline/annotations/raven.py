@@ -52,7 +52,7 @@ from pipeline.io.annotations import AnnotationError
 
 #: Columns searched, in order, for the species when none is named (then case-insensitively).
 SPECIES_COLUMNS = ("Species", "species", "Class", "class", "Label", "label", "Annotation", "annotation",
-                   "Taxon", "Sound Type", "ID", "Id")  # fmt: skip
+                   "Taxon", "Species Code", "Spp")  # fmt: skip
 #: Columns searched for the kind of sound (echolocation, social, buzz...) when none is named.
 EVENT_COLUMNS = ("Event", "Call Type", "Sound Type Category", "Call type", "event", "call type")
 BEGIN, END, LOW, HIGH = "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"
