@@ -45,7 +45,7 @@ def inference_cost(model: Path, annotations, cube_path: Path) -> float:
 def main() -> None:
     from distributed import Client, LocalCluster
 
-    from pipeline.annotations import read_annotations
+    from pipeline.annotations.dataset import read_dataset
     from pipeline.ingestion import ingest
     from pipeline.model.registry import ARCHITECTURE_NAMES
     from pipeline.simulation import simulate_archive
@@ -63,7 +63,7 @@ def main() -> None:
     root = args.data / f"sim-{args.minutes:g}min-seed{args.seed}"
     if not (root / "annotations.npz").exists():
         simulate_archive(root, minutes=args.minutes, seed=args.seed, progress=True)
-    annotations = read_annotations(root / "annotations.npz")
+    annotations = read_dataset(root / "annotations.npz")
     cube = args.data / f"cube-{args.minutes:g}min-seed{args.seed}.zarr"
     print(f"{'model':<22} {'det AP':>6} {'mAP':>6} {'ML F1':>6} {'ML F1 ovl':>9} {'train min':>9} "
           f"{'size MB':>7} {'infer CPU s/s':>13}", flush=True)  # fmt: skip

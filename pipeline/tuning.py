@@ -953,7 +953,7 @@ def tune_model(
     """
     import keras
 
-    from pipeline.annotations import read_annotations
+    from pipeline.annotations.dataset import read_dataset
     from pipeline.config import Settings
     from pipeline.distributed import connect
     from pipeline.ingestion import ingest
@@ -962,7 +962,7 @@ def tune_model(
 
     run_settings = run_settings or Settings()
     out_dir = Path(out_dir)
-    annotations = read_annotations(dataset, trust_npz=trust_npz)
+    annotations = read_dataset(dataset, trust_npz=trust_npz)
     fit, held_out = hold_out_recordings(annotations.train, settings.held_out_fraction, settings.seed)
     trial_annotations = replace(annotations, train=fit, test=held_out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,9 @@ epochs_option=()
 mkdir -p "$work/audio/real"
 batml simulate "$work/audio/sim" --minutes "$minutes" --seed 1 -q
 cp "$real"/audio/*.wav "$work/audio/real/"
-batml convert "$real/anns" -o "$work/real_calls.csv" -q || [ $? -eq 3 ]  # 3: "Bat"/"Unknown" events left out
+# batdetect2's species mapped to the seed's seven groups (batml convert keeps species names)
+python3 -c 'import sys; from pipeline.annotations import convert; convert(sys.argv[1], sys.argv[2], groups="seed")' \
+  "$real/anns" "$work/real_calls.csv"
 
 # One CSV of calls for both sources, names relative to $work/audio; the real calls train only.
 python3 - "$work" <<'PY'
@@ -33,7 +35,8 @@ work = sys.argv[1]
 sim = pd.read_csv(f"{work}/audio/sim/annotations.csv")
 sim["file"] = "sim/" + sim["file"]
 real = pd.read_csv(f"{work}/real_calls.csv")
-real["file"] = "real/" + real["file"]
+real = real[real["class"].notna() & (real["event"] == "echolocation")]  # "Bat"/"Unknown" events left out
+real["file"] = "real/" + real["file"].str.replace(r"\.wav$", "", regex=True)  # ids are file names
 real["split"] = "train"
 columns = ["file", "split", "position", "class", "duration"]
 pd.concat([sim[columns], real[columns]]).to_csv(f"{work}/calls.csv", index=False)

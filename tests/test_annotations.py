@@ -223,8 +223,7 @@ def test_batdetect2_annotations_of_the_real_recordings(real_data, tmp_path):
     """The three annotated real recordings: species mapped to the seed's groups, the rest counted."""
     import json as json_
 
-    from pipeline.cli import main
-    from pipeline.io.annotations import read_batdetect2, read_calls_csv
+    from pipeline.io.annotations import read_batdetect2
 
     calls, problems = read_batdetect2(real_data / "annotated" / "anns")
     by_file = calls.groupby("file")["species_group"].agg(set).to_dict()
@@ -239,9 +238,7 @@ def test_batdetect2_annotations_of_the_real_recordings(real_data, tmp_path):
     assert len(calls) == expected == 11 + 4 + 5  # MYOMYS, EPTSER (7 "Bat" + 1 "Unknown" left), RHIFER
     assert any("left out" in p and "EPTSER" in p for p in problems)
     assert calls["position"].between(0, 0.5).all() and (calls["duration"] == 0.5).all()
-    out = tmp_path / "calls.csv"
-    assert main(["convert", str(real_data / "annotated" / "anns"), "-o", str(out), "-q"]) == 3
-    assert len(read_calls_csv(out)) == len(calls)
+    # batml convert now goes through pipeline.annotations: tests/test_import_cli.py
 
 
 def test_seed_npz_converts_to_a_csv_that_reads_back(tmp_path):

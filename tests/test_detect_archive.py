@@ -18,8 +18,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import IngestSettings, Settings
 from pipeline.detection.archive import DEFAULT_MODEL, detect_archive, is_cube
-from pipeline.detection.settings import DetectError, DetectSettings
 from pipeline.detection.recording import detect_recording
+from pipeline.detection.settings import DetectError, DetectSettings
 from pipeline.io.cube import open_cube
 from pipeline.model.bundle import load_bundle
 from pipeline.model.predictor import Predictor

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.annotations import read_annotations
+from pipeline.annotations.dataset import read_dataset
 from pipeline.annotations.matching import unsafe_name, usable_annotations
 from pipeline.cli import main
 from pipeline.io.annotations import AnnotationError, read_seed_npz
@@ -146,14 +146,14 @@ def test_train_reports_every_bad_recording_and_trains_on_the_good_ones(lab, tmp_
         assert len(lines) == 1 and reason in lines[0], (name, reason, skipped)
     assert len(skipped) == len(expected), skipped
     manifest = load_bundle(model).manifest
-    n_good = len(read_annotations(dataset).train) - len(expected)
+    n_good = len(read_dataset(dataset).train) - len(expected)
     assert manifest["training"]["recordings"]["fit"] + manifest["training"]["recordings"]["validation"] == n_good
 
 
 def test_annotation_names_cannot_leave_the_audio_folder(lab, tmp_path):
     """Names are matched against the recordings found under the audio folder, never opened:
     '..', absolute names (POSIX or Windows) and links to files outside are refused."""
-    from pipeline.annotations import Annotations
+    from pipeline.annotations.dataset import Annotations
     from pipeline.io.annotations import RecordingCalls
 
     for name in ("../x", "a/../../x", "..\\..\\x", "/etc/passwd", "C:\\data\\x", "C:/data/x", "\\\\server\\share\\x"):

@@ -16,7 +16,17 @@ from pipeline.config import IngestSettings, Settings, SpectrogramSettings
 from pipeline.ingestion import ingest
 from pipeline.io.annotations import RecordingCalls, read_seed_npz
 from pipeline.io.cube import open_cube
-from pipeline.sampling import Samples, SamplingSettings, build_samples, call_targets, column_of, cube_column_steps, negative_windows, positive_windows, recording_samples
+from pipeline.sampling import (
+    Samples,
+    SamplingSettings,
+    build_samples,
+    call_targets,
+    column_of,
+    cube_column_steps,
+    negative_windows,
+    positive_windows,
+    recording_samples,
+)
 from pipeline.simulation import simulate_archive
 from pipeline.windows import read_windows
 

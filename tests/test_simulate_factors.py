@@ -35,12 +35,12 @@ from pipeline.simulation import (
     attenuation_db_per_m,
     draw_calls,
     draw_pass,
+    noise,
     render_call,
     simulate_archive,
     simulate_recording,
     speed_of_sound,
 )
-from pipeline.simulation import noise
 from pipeline.simulation.calls import add_call
 from pipeline.simulation.noise import BackgroundLibrary
 from pipeline.simulation.settings import settings_from_arguments

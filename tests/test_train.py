@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.annotations import read_annotations
+from pipeline.annotations.dataset import read_dataset
 from pipeline.cli import main
 from pipeline.model.bundle import load_bundle
 from pipeline.model.predictor import Predictor
@@ -23,7 +23,7 @@ TINY_XGBOOST = "name,max_depth,eta,n_estimators,gamma,subsample,scale_pos_weight
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     archive = simulate_archive(root / "audio", minutes=0.5, seed=12, empty_fraction=0.2, test_fraction=0.4)
-    assert sum(len(r.positions) for r in read_annotations(archive.annotations_npz).test) > 0
+    assert sum(len(r.positions) for r in read_dataset(archive.annotations_npz).test) > 0
     xgb = root / "xgboost.csv"
     xgb.write_text(TINY_XGBOOST)
     return root, archive, xgb
@@ -48,7 +48,7 @@ def test_every_model_trains_saves_loads_and_evaluates(tiny, client, model_type):
     assert report.n_windows > 100
     bundle = load_bundle(out)
     assert bundle.architecture == model_type
-    assert bundle.classes == read_annotations(archive.annotations_npz).classes
+    assert bundle.classes == read_dataset(archive.annotations_npz).classes
     assert set(bundle.thresholds) == {"detection", *bundle.classes}
     predictor = Predictor.from_bundle(bundle)
     probs = predictor(np.random.default_rng(0).random((3, 130, 20, 1), dtype=np.float32))
@@ -105,8 +105,8 @@ def test_hard_negative_mining_adds_the_model_s_mistakes(tiny, client):
 
 def test_the_simulator_csv_reads_as_the_same_annotations_as_its_npz(tiny):
     _, archive, _ = tiny
-    from_npz = read_annotations(archive.annotations_npz)
-    from_csv = read_annotations(archive.annotations_csv)
+    from_npz = read_dataset(archive.annotations_npz)
+    from_csv = read_dataset(archive.annotations_csv)
     for split in ("train", "test"):
         with_calls = {r.file: r for r in getattr(from_npz, split) if len(r.positions)}
         csv = {r.file: r for r in getattr(from_csv, split)}

@@ -23,7 +23,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
-from pipeline.annotations import Annotations
+from pipeline.annotations.dataset import Annotations
 
 
 def _name_parts(path: str) -> tuple[str, ...]:

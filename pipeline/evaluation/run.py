@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.annotations import read_annotations
+from pipeline.annotations.dataset import read_dataset
 from pipeline.annotations.matching import usable_recordings
 from pipeline.config import Settings
 from pipeline.evaluation.recordings import evaluate_model
@@ -45,7 +45,7 @@ def model_on_annotations(
     from pipeline.model.bundle import load_bundle
 
     bundle = load_bundle(model)
-    annotations = read_annotations(dataset, trust_npz=trust_npz)
+    annotations = read_dataset(dataset, trust_npz=trust_npz)
     recordings = {
         "test": annotations.test or annotations.train,
         "train": annotations.train,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.annotations import Annotations, read_annotations
+from pipeline.annotations.dataset import Annotations, read_dataset
 from pipeline.annotations.matching import usable_annotations
 from pipeline.config import Settings
 from pipeline.evaluation.recordings import evaluate_model, tuned_thresholds
@@ -206,7 +206,7 @@ def train(
     settings = settings or TrainSettings()
     run_settings = run_settings or Settings()
     out = Path(out)
-    annotations = read_annotations(dataset, trust_npz=trust_npz)
+    annotations = read_dataset(dataset, trust_npz=trust_npz)
     check_writable(out, "the model bundle")  # before hours of training, not after
     cube = Path(cube) if cube is not None else out.with_name(out.name + ".cube.zarr")
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
