@@ -22,8 +22,15 @@ draws here are bounded (``max_attempts`` per wanted negative, drawn in vectorise
 a recording with no room for negatives gives fewer, or none, and says so by their number.
 
 Targets have ``K + 1`` columns: column 0 is "not call" (1 for a negative, 0 for a positive)
-and columns 1..K are the classes (all 0 for detection-only data, whose positives are calls of
-unknown species).
+and columns 1..K are the classes. A call whose species is unknown (class 0: a bat, species not
+given) has NaN in the class columns it may belong to: the networks' loss and the boosters skip
+those targets (it is learned for detection only).
+
+Beyond the reference system: **labelled negatives** (insects, noise... that an annotator marked)
+give windows at their positions, shifted as the calls' are, with target "not call"; and when a
+recording's **annotated windows** are known (clips of a longer recording), the random negatives
+are drawn inside them only: everything outside was never looked at, so it is not known to hold
+no bat.
 """
 
 from __future__ import annotations
@@ -100,7 +107,8 @@ def call_targets(positions, classes, n_classes: int) -> tuple[np.ndarray, np.nda
     positions : array_like
         Start of each annotated call, real seconds, shape ``(n,)``.
     classes : array_like or None
-        Class (1..K) of each call; ``None`` for detection-only data.
+        Class (1..K) of each call, 0 for a call of unknown species; ``None`` for
+        detection-only data.
     n_classes : int
         Number of classes K.
 
@@ -109,8 +117,9 @@ def call_targets(positions, classes, n_classes: int) -> tuple[np.ndarray, np.nda
     event_positions : numpy.ndarray
         float64, shape ``(m,)``: the distinct positions, increasing.
     multi_hot : numpy.ndarray
-        float32, shape ``(m, K)``: 1 where a call of that class starts at the event
-        (all 0 for detection-only data).
+        float32, shape ``(m, K)``: 1 where a call of that class starts at the event, 0 where
+        none does, NaN (unknown) in the other columns of an event with a call of unknown
+        species (all 0 for detection-only data).
 
     Raises
     ------
@@ -129,9 +138,11 @@ def call_targets(positions, classes, n_classes: int) -> tuple[np.ndarray, np.nda
         classes = np.asarray(classes).reshape(-1)
         if classes.shape != positions.shape:
             raise ValueError(f"{classes.size} classes for {positions.size} positions")
-        if classes.size and not np.all((classes >= 1) & (classes <= n_classes)):
-            raise ValueError(f"a class lies outside 1..{n_classes}")
-        multi_hot[event_of_call, classes.astype(np.int64) - 1] = 1.0
+        if classes.size and not np.all((classes >= 0) & (classes <= n_classes)):
+            raise ValueError(f"a class lies outside 1..{n_classes} (0: unknown species)")
+        known = classes >= 1
+        multi_hot[np.unique(event_of_call[~known])] = np.nan
+        multi_hot[event_of_call[known], classes[known].astype(np.int64) - 1] = 1.0
     return event_positions, multi_hot
 
 
@@ -176,6 +187,7 @@ def negative_windows(
     n_wanted: int,
     rng: np.random.Generator,
     settings: SamplingSettings = SamplingSettings(),
+    windows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Uniformly drawn window starts far from every call, with a bounded number of draws.
 
@@ -191,6 +203,9 @@ def negative_windows(
         Negatives wanted.
     rng : numpy.random.Generator
     settings : SamplingSettings
+    windows : array, shape (m, 2), optional
+        The annotated parts of the recording (``[start, end)``, real s): a negative window
+        must lie wholly inside one of them. Default: the whole recording.
 
     Returns
     -------
@@ -198,12 +213,12 @@ def negative_windows(
         int64 starts (within the recording), in the order drawn, at most ``n_wanted`` of
         them; a start ``s`` satisfies ``|s * step_s - p| >= settings.exclusion_s(step_s)``
         for every position ``p``. Candidates are drawn uniformly (with replacement) from
-        ``0 .. n_columns - window_columns`` in batches, at most
-        ``settings.max_attempts * n_wanted`` in all; fewer than wanted come back when the
-        recording has little room between its calls, none when it has none.
+        the starts whose window lies in the recording (and in an annotated window) in
+        batches, at most ``settings.max_attempts * n_wanted`` in all; fewer than wanted come
+        back when the recording has little room between its calls, none when it has none.
     """
-    last = n_columns - settings.window_columns
-    if n_wanted <= 0 or last < 0:
+    allowed = allowed_starts(n_columns, step_s, settings.window_columns, windows)
+    if n_wanted <= 0 or len(allowed) == 0:
         return np.zeros(0, dtype=np.int64)
     calls = np.sort(np.asarray(positions, dtype=np.float64).reshape(-1))
     exclusion = settings.exclusion_s(step_s)
@@ -212,12 +227,28 @@ def negative_windows(
     n_kept = drawn = 0
     while n_kept < n_wanted and drawn < budget:
         size = min(budget - drawn, max(4 * (n_wanted - n_kept), 256))
-        candidates = rng.integers(0, last + 1, size=size, dtype=np.int64)
+        candidates = allowed[rng.integers(0, len(allowed), size=size, dtype=np.int64)]
         drawn += size
         valid = candidates[far_from_calls(candidates * step_s, calls, exclusion)]
         kept.append(valid[: n_wanted - n_kept])
         n_kept += len(kept[-1])
     return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+def allowed_starts(n_columns: int, step_s: float, window_columns: int, windows: np.ndarray | None) -> np.ndarray:
+    """The columns where a window may start: inside the recording and, when the annotated
+    windows (``[start, end)`` real s) are given, wholly inside one of them (int64, sorted)."""
+    last = int(n_columns) - int(window_columns)
+    if last < 0:
+        return np.zeros(0, dtype=np.int64)
+    if windows is None:
+        return np.arange(last + 1, dtype=np.int64)
+    ranges = [
+        np.arange(max(int(np.ceil(start / step_s - COLUMN_EPSILON)), 0),
+                  min(int(np.floor(end / step_s + COLUMN_EPSILON)) - int(window_columns), last) + 1)
+        for start, end in np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+    ]  # fmt: skip
+    return np.unique(np.concatenate(ranges)) if ranges else np.zeros(0, dtype=np.int64)
 
 
 def far_from_calls(times: np.ndarray, sorted_positions: np.ndarray, exclusion_s: float) -> np.ndarray:
@@ -270,10 +301,30 @@ def recording_samples(
     """
     starts, targets = positive_windows(calls.positions, calls.classes, n_classes, step_s, n_columns, settings)
     n_wanted = settings.negatives_per_call * len(calls.positions)
-    negatives = negative_windows(calls.positions, step_s, n_columns, n_wanted, rng, settings)
+    drawn = negative_windows(calls.positions, step_s, n_columns, n_wanted, rng, settings, calls.windows)
+    labelled = labelled_negative_windows(calls.negatives, calls.positions, step_s, n_columns, settings)
+    negatives = np.concatenate([labelled, drawn])
     negative_targets = np.zeros((len(negatives), n_classes + 1), dtype=np.float32)
     negative_targets[:, 0] = 1.0
     return np.concatenate([starts, negatives]), np.concatenate([targets, negative_targets])
+
+
+def labelled_negative_windows(
+    negatives, positions, step_s: float, n_columns: int, settings: SamplingSettings = SamplingSettings()
+) -> np.ndarray:
+    """Windows at labelled sounds that are not calls (insects, noise...), at the calls' shifts.
+
+    A labelled sound closer to a call than :meth:`SamplingSettings.exclusion_s` gives no
+    window (the window would hold the call too); int64 starts within the recording.
+    """
+    if negatives is None or len(negatives) == 0:
+        return np.zeros(0, dtype=np.int64)
+    negatives = np.asarray(negatives, dtype=np.float64).reshape(-1)
+    calls = np.sort(np.asarray(positions, dtype=np.float64).reshape(-1))
+    negatives = negatives[far_from_calls(negatives, calls, settings.exclusion_s(step_s))]
+    shifts = np.asarray(settings.shifts_s, dtype=np.float64)
+    starts = column_of(negatives[:, None] + shifts[None, :], step_s).reshape(-1)
+    return starts[(starts >= 0) & (starts <= n_columns - settings.window_columns)]
 
 
 @dataclass(frozen=True, eq=False)

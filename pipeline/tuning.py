@@ -705,17 +705,14 @@ def search_hyperparameters(
 
 # --- durations ----------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?$")
-
-
 def parse_budget(text: str) -> float:
-    """Seconds of a time budget: ``"2h"``, ``"30m"``, ``"90s"``, ``"1h30m"``, ``"3600"``.
+    """Seconds of a time budget: ``"2h"``, ``"30m"``, ``"90s"``, ``"1h30m"``, ``"2 hours"``, ``"3600"``.
 
     Parameters
     ----------
     text : str
-        A number of seconds, or hours/minutes/seconds in that order, each optional
-        (``"1.5h"`` is allowed; case and spaces are ignored).
+        A number of seconds, or a duration as :class:`pandas.Timedelta` reads it (units h, m,
+        s, and their long names; case and spaces are ignored).
 
     Returns
     -------
@@ -727,17 +724,18 @@ def parse_budget(text: str) -> float:
     ValueError
         One line, for anything else or a zero budget.
     """
+    import pandas as pd
+
     cleaned = re.sub(r"\s+", "", str(text)).lower()
     try:
         seconds = float(cleaned)
     except ValueError:
-        match = _DURATION.match(cleaned)
-        if not cleaned or match is None or not any(match.groups()):
+        try:
+            seconds = pd.Timedelta(cleaned).total_seconds()
+        except (ValueError, TypeError):
             raise ValueError(
                 f"time budget {text!r}: expected seconds or a duration such as 2h, 30m, 90s or 1h30m"
             ) from None
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"time budget {text!r}: must be a positive duration")
     return seconds
@@ -908,6 +906,7 @@ def tune_model(
     progress: bool = True,
     run_settings=None,
     trust_npz: bool = False,
+    dataset_options: dict | None = None,
     n_workers: int | None = None,
 ) -> TuneResult:
     """Search a model's hyperparameters on a dataset: ``batml tune`` from Python.
@@ -962,7 +961,7 @@ def tune_model(
 
     run_settings = run_settings or Settings()
     out_dir = Path(out_dir)
-    annotations = read_dataset(dataset, trust_npz=trust_npz)
+    annotations = read_dataset(dataset, trust_npz=trust_npz, **(dataset_options or {}))
     fit, held_out = hold_out_recordings(annotations.train, settings.held_out_fraction, settings.seed)
     trial_annotations = replace(annotations, train=fit, test=held_out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,13 +46,13 @@ def stored(path) -> dict:
 @pytest.mark.parametrize(
     "text, seconds",
     [("2h", 7200), ("30m", 1800), ("90s", 90), ("1h30m", 5400), ("3600", 3600), ("1.5h", 5400),
-     (" 2H ", 7200), ("1h0m30s", 3630), ("0.5", 0.5)],
+     (" 2H ", 7200), ("1h0m30s", 3630), ("0.5", 0.5), ("2 hours", 7200), ("1 h 30 min", 5400)],
 )  # fmt: skip
 def test_parse_budget(text, seconds):
     assert parse_budget(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "abc", "2x", "h", "-5", "0", "0m", "1m2h", "inf", "nan", "2 hours"])
+@pytest.mark.parametrize("text", ["", "abc", "2x", "h", "-5", "0", "0m", "-1h", "inf", "nan", "2 parsecs"])
 def test_parse_budget_refuses_with_one_line(text):
     with pytest.raises(ValueError) as error:
         parse_budget(text)

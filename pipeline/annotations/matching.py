@@ -24,6 +24,17 @@ from pathlib import PurePosixPath, PureWindowsPath
 import pandas as pd
 
 from pipeline.annotations.dataset import Annotations
+from pipeline.io.archive import AUDIO_SUFFIXES
+
+
+def name_key(name: str) -> tuple[str, ...]:
+    """The components of an annotated recording name, without an audio suffix (``.wav``, any
+    case): annotations name recordings with or without their extension."""
+    parts = _name_parts(name)
+    if parts and parts[-1].lower().endswith(AUDIO_SUFFIXES):
+        stem = parts[-1][: parts[-1].rfind(".")]
+        parts = (*parts[:-1], stem) if stem else parts
+    return parts
 
 
 def _name_parts(path: str) -> tuple[str, ...]:
@@ -109,11 +120,11 @@ def match_recordings(cube, names: Sequence[str]) -> tuple[list[int | None], list
             problems.append(f"{name}: {escape}")
             indices.append(None)
             continue
-        matches = lookup.get(_name_parts(name), [])
+        matches = lookup.get(name_key(name), [])
         n_files = len({int(file_index[r]) for r in matches})
         r = matches[0] if matches else None
         if r is None:
-            reasons = rejected_files.get(_name_parts(name), [])
+            reasons = rejected_files.get(name_key(name), [])
             problems.append(f"{name}: {reasons[0] if len(reasons) == 1 else 'not in the cube'}")
         elif n_files > 1:
             problems.append(f"{name}: ambiguous, matches {n_files} files of the cube")
@@ -130,7 +141,7 @@ def usable_annotations(annotations: Annotations, cube, audio_dir=None) -> tuple[
     saying why (see :func:`usable_recordings`)."""
     train, train_problems = usable_recordings(annotations.train, cube, audio_dir)
     test, test_problems = usable_recordings(annotations.test, cube, audio_dir)
-    usable = Annotations(train, test, annotations.classes, annotations.has_classes)
+    usable = annotations.with_splits(train, test)
     return usable, train_problems + test_problems
 
 
@@ -209,7 +220,7 @@ def align_recordings(calls: pd.DataFrame, detections: pd.DataFrame) -> tuple[pd.
     if "channel" in detections.columns and len(detections):
         first = detections.groupby("file")["channel"].transform("min")
         detections = detections[detections["channel"] == first]
-    names = {PurePosixPath(str(n).replace("\\", "/")).parts: n for n in calls["recording"].unique()}
+    names = {name_key(str(n)): n for n in calls["recording"].unique()}
     longest = max((len(k) for k in names), default=0)
 
     def name_of(path: str) -> str:

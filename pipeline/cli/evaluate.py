@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.options import EXIT_OK, EXIT_SOME_FAILED, add_cluster_options, add_dataset_options, print_skipped
+from pipeline.cli.options import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_cluster_options,
+    add_dataset_options,
+    dataset_options,
+    print_notes,
+    print_skipped,
+)
 
 
 def run(args) -> int:
@@ -13,7 +21,7 @@ def run(args) -> int:
 
     result = evaluate_saved_model(
         args.model, args.dataset, args.audio, cube=args.cube, trust_npz=args.trust_npz,
-        cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+        dataset_options=dataset_options(args), cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
     )  # fmt: skip
     if args.json:
         import json
@@ -23,6 +31,7 @@ def run(args) -> int:
         from pipeline.evaluation.report import format_report
 
         print(format_report(result))
+    print_notes(result["notes"])
     print_skipped(result["skipped"])
     return EXIT_SOME_FAILED if result["skipped"] else EXIT_OK
 

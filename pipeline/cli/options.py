@@ -67,10 +67,66 @@ def add_audio_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_dataset_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", metavar="DATASET", help="annotations: the seed's .npz or a CSV of calls")
-    p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
-    p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+def add_dataset_options(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """DATASET, --audio and how to read the annotations (any format of pipeline.annotations)."""
+    if positional:
+        p.add_argument(
+            "dataset", metavar="DATASET",
+            help="annotations: a Raven table or folder of them, an AOEF/Whombat .json, a Tadarida folder, a "
+            "soundClass database, batdetect2 .json files, the reference system's .npz or a CSV of calls",
+        )  # fmt: skip
+        p.add_argument("--audio", required=True, metavar="AUDIO_DIR", help="folder of the annotated recordings")
+    add_annotation_options(p)
+
+
+def add_annotation_options(p: argparse.ArgumentParser) -> None:
+    """How to read annotations: the options of :func:`pipeline.annotations.dataset.read_dataset`."""
+    from pipeline.annotations.dataset import RAVEN_EXTENT
+
+    g = p.add_argument_group("annotations")
+    g.add_argument(
+        "--format", default="auto", metavar="FORMAT",
+        help="raven, aoef, tadarida, soundclass, batdetect2, csv or npz (default: auto, from the files)",
+    )  # fmt: skip
+    g.add_argument(
+        "--annotation-time-expansion", type=float, metavar="X",
+        help="factor by which the annotations' times are slowed down (e.g. 10 for Raven tables made on x10 "
+        "files); default: the format's own",
+    )  # fmt: skip
+    g.add_argument("--class-names", type=Path, metavar="FILE", help="names of integer classes 1..K, one per line")
+    g.add_argument("--species-column", metavar="NAME", help="Raven: the species column; AOEF: the species tag key")
+    g.add_argument("--species-list", type=Path, metavar="FILE", help="Tadarida: its species list (SpeciesListComplete.csv)")
+    g.add_argument(
+        "--annotated-windows", metavar=f"CSV|{RAVEN_EXTENT}",
+        help="the parts of the recordings that were annotated (CSV: file,start,end in s), or 'extent' for each "
+        "Raven table's extent: negatives are drawn and detections counted only inside them (AOEF clips are "
+        "read by themselves)",
+    )  # fmt: skip
+    g.add_argument(
+        "--non-echolocation", choices=("negative", "class", "drop"), default="negative",
+        help="feeding buzzes and social calls: learned as negatives (default), as classes 'buzz'/'social', or "
+        "left out; insects, birds and noise are always negatives",
+    )  # fmt: skip
+    g.add_argument(
+        "--detection-only", action="store_true", help="learn every bat call as the single class 'bat', whatever its species"
+    )
+    g.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+
+
+def dataset_options(args) -> dict:
+    """The keywords of :func:`pipeline.annotations.dataset.read_dataset` from the options."""
+    return {
+        "format": args.format, "time_expansion": args.annotation_time_expansion, "class_names": args.class_names,
+        "species_column": args.species_column, "species_list": args.species_list,
+        "annotated_windows": args.annotated_windows, "non_echolocation": args.non_echolocation,
+        "detection_only": args.detection_only,
+    }  # fmt: skip
+
+
+def print_notes(notes: list[str]) -> None:
+    """What the user should know about a dataset, one line each, on stderr."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,17 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import EXIT_ERROR, EXIT_OK, EXIT_USAGE, HelpFormatter, add_cluster_options, print_skipped
+from pipeline.cli.options import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    HelpFormatter,
+    add_annotation_options,
+    add_cluster_options,
+    dataset_options,
+    print_notes,
+    print_skipped,
+)
 
 IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
@@ -23,19 +33,18 @@ class PlotUsageError(Exception):
     """A 'batml plot' command line that argparse cannot check alone (exit status 2)."""
 
 
-def _read_calls(dataset: str, trust_npz: bool, split: str):
-    """Annotated calls (``file, position, class``) of a seed .npz or a CSV of calls, one split or all."""
-    from pipeline.io import annotations
+def _read_calls(args, classes: list[str], split: str):
+    """Annotated calls (``file, position, class``; classes numbered as ``classes``, 0 for one the
+    detections lack) of any annotation format, one split or all."""
+    import pandas as pd
 
-    if Path(dataset).suffix.lower() == ".npz":
-        calls = annotations.seed_npz_to_calls(annotations.read_seed_npz(dataset, trust=trust_npz))
-    else:
-        calls = annotations.read_calls_csv(dataset)
-    if split != "all":
-        if "split" not in calls.columns:
-            raise annotations.AnnotationError(f"{dataset}: no 'split' column; use --split all")
-        calls = calls[calls["split"] == split]
-    return calls
+    from pipeline.annotations.dataset import read_dataset
+
+    dataset = read_dataset(args.calls, trust_npz=args.trust_npz, **dataset_options(args)).recoded(classes)
+    print_notes(dataset.notes)
+    recordings = {"train": dataset.train, "test": dataset.test, "all": dataset.train + dataset.test}[split]
+    rows = [(rec.file, float(p), int(c)) for rec in recordings for p, c in zip(rec.positions, rec.classes)]
+    return pd.DataFrame(rows, columns=["file", "position", "class"])
 
 
 def _model_scored_calls(args):
@@ -44,10 +53,12 @@ def _model_scored_calls(args):
     from pipeline.evaluation.run import model_on_annotations
     from pipeline.model.predictor import Predictor
 
-    bundle, cube, recordings, problems = model_on_annotations(
+    bundle, cube, recordings, problems, notes = model_on_annotations(
         args.model, args.dataset, args.audio, split=args.split, cube=args.cube, trust_npz=args.trust_npz,
-        cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+        dataset_options=dataset_options(args), cluster=args.cluster, n_workers=args.workers,
+        progress=not args.quiet,
     )  # fmt: skip
+    print_notes(notes)
     print_skipped(problems)
     predictor = Predictor.from_bundle(bundle)
     return calls_table(recordings, cube), detect_recordings(predictor, cube, recordings, bundle.classes), bundle.classes
@@ -66,8 +77,11 @@ def _scored_calls(args):
         return _model_scored_calls(args)
     if not (args.calls and args.detections):
         raise PlotUsageError("give --calls DATASET and --detections OUT_DIR (or MODEL_DIR DATASET --audio AUDIO_DIR)")
+    from pipeline.outputs.parts import detection_classes
+
     detections = read_detections(args.detections)
-    return _read_calls(args.calls, args.trust_npz, args.split), detections, None
+    classes = detection_classes(args.detections) or []
+    return _read_calls(args, classes, args.split), detections, classes or None
 
 
 def run(args) -> int:
@@ -186,5 +200,5 @@ def register(sub, common: argparse.ArgumentParser) -> None:
             help="annotated calls to use (default: all with --calls, the test split with MODEL_DIR)",
         )  # fmt: skip
         k.add_argument("--tolerance", type=float, default=0.010, metavar="S", help="matching tolerance (s; default 0.010)")
-        k.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+        add_annotation_options(k)
         add_cluster_options(k)

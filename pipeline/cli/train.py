@@ -12,6 +12,7 @@ from pipeline.cli.options import (
     add_cluster_options,
     add_dataset_options,
     add_model_options,
+    dataset_options,
     settings_of,
 )
 
@@ -26,6 +27,7 @@ def run(args) -> int:
         epochs=args.epochs,
         networks_csv=args.params,
         xgboost_csv=args.xgboost_params,
+        parent=None if args.parent is None else str(args.parent),
     )
     report = train(
         args.dataset,
@@ -35,6 +37,7 @@ def run(args) -> int:
         cube=args.cube,
         run_settings=settings_of(args),
         trust_npz=args.trust_npz,
+        dataset_options=dataset_options(args),
         cluster=args.cluster,
         n_workers=args.workers,
         progress=not args.quiet,
@@ -48,18 +51,31 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         parents=[common],
         name="train",
-        epilog="Examples:\n  batml train sim/annotations.npz --audio sim --model-type hybrid_cnn_xgboost --out models/hybrid\n  batml train calls.csv --audio /data/labelled --model-type cnn8 --out models/cnn8 --hnm 1 --seed 3",
-        help="train one of the six models on annotated recordings",
-        description="Train a model on annotated recordings (the seed's .npz: train_/test_ files, "
-        "durations, positions, classes; or a CSV of calls with file, position, class, duration[, split]). "
-        "Builds or reuses the spectrogram cube, samples windows, trains the network(s) (and XGBoost on "
-        "the embedding for the hybrids), tunes thresholds on a validation split, runs hard negative "
-        "mining, evaluates on the test split and writes the model bundle.",
+        epilog="Examples:\n  batml train sim/annotations.npz --audio sim --model-type hybrid_cnn_xgboost --out models/hybrid\n"
+        "  batml train calls.csv --audio /data/labelled --model-type cnn8 --out models/cnn8 --hnm 1 --seed 3\n"
+        "  batml train raven_tables/ --audio /data/clips --species-column Species --from --out models/mine\n"
+        "  batml train project.json --audio /data/clips --from models/hybrid --out models/fine-tuned\n"
+        "  batml train RSDB_sample/ --audio RSDB_sample --time-expansion 10 --out models/vigie-chiro",
+        help="train one of the six models on annotated recordings (any class list; --from fine-tunes a model)",
+        description="Train a model on annotated recordings: any of the annotation formats of 'batml convert' "
+        "(Raven tables, AOEF/Whombat, Tadarida, soundClass, batdetect2, the reference system's .npz, a CSV of "
+        "calls). The classes are those of the annotations, in their order (detection-only annotations give the "
+        "single class 'bat'); test recordings are those of the annotations' test split. Builds or reuses the "
+        "spectrogram cube, samples windows (negatives only inside the annotated windows), trains the "
+        "network(s) (and XGBoost on the embedding for the hybrids), tunes thresholds on a validation split, "
+        "runs hard negative mining, evaluates on the test split and writes the model bundle. With --from, "
+        "starts from a trained bundle's networks (the bundled model when no path is given): its output layer "
+        "is replaced for the new classes, trained first alone, then with every layer at a lower rate.",
     )
     add_dataset_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="the model bundle to write")
     add_model_options(p)
     p.add_argument("--hnm", type=int, default=0, metavar="N", help="rounds of hard negative mining (default 0)")
+    p.add_argument(
+        "--from", dest="parent", nargs="?", const="default", metavar="MODEL_DIR",
+        help="fine-tune a trained model bundle (default when no path is given: the bundled model); its networks "
+        "must match --model-type's",
+    )  # fmt: skip
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: MODEL_DIR.cube.zarr)")
     add_audio_options(p)
     add_cluster_options(p)

@@ -11,6 +11,7 @@ from pipeline.cli.options import (
     add_cluster_options,
     add_dataset_options,
     add_model_options,
+    dataset_options,
     settings_of,
 )
 
@@ -34,7 +35,7 @@ def run(args) -> int:
     )
     result = tune_model(
         args.dataset, args.audio, args.out, settings, cube=args.cube, run_settings=settings_of(args),
-        trust_npz=args.trust_npz, cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+        trust_npz=args.trust_npz, dataset_options=dataset_options(args), cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
     )  # fmt: skip
     print(
         f"{result.n_trials} trials ({result.n_failed} failed) in {result.elapsed_s / 60:.1f} min; "

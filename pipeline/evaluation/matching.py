@@ -109,13 +109,13 @@ def classes_of_calls(calls: pd.DataFrame, n_classes: int) -> np.ndarray:
     if len(classes) and not (
         np.issubdtype(classes.dtype, np.number) and np.all(classes == np.round(classes))
     ):
-        raise ValueError("call classes must be integers 1..K")
+        raise ValueError("call classes must be integers 1..K (0: species unknown)")
     classes = classes.astype(np.int64)
-    bad = (classes < 1) | (classes > n_classes)
+    bad = (classes < 0) | (classes > n_classes)
     if np.any(bad):
         raise ValueError(
             f"call class {int(classes[bad][0])} is outside 1..{n_classes} "
-            f"(the number of class names given)"
+            f"(the number of class names given; 0: species unknown)"
         )
     return classes
 
@@ -164,8 +164,37 @@ def event_labels(calls: pd.DataFrame, n_classes: int) -> np.ndarray:
     events = events_of_calls(calls)
     classes = classes_of_calls(calls, n_classes)
     labels = np.zeros((len(events.position), n_classes), dtype=bool)
-    labels[events.event_of_call, classes - 1] = True
+    known = classes >= 1
+    labels[events.event_of_call[known], classes[known] - 1] = True
     return labels
+
+
+def classified_only(calls: pd.DataFrame, detections: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE):
+    """The calls and detections that classification is scored on.
+
+    A call of class 0 is a bat call whose species the annotator did not give: it counts for
+    detection, but its event (when no call of a known class shares it) and the detections
+    matched to that event are left out of every classification score, which would otherwise
+    count the species reported there as false.
+
+    Returns
+    -------
+    (calls, detections)
+        Subsets of the two tables (unchanged when every call has a class).
+    """
+    if "class" not in calls.columns:  # detection alone: no class to leave out
+        return calls, detections
+    calls = require_columns(calls, CALL_COLUMNS, "calls")
+    unknown = np.asarray(calls["class"]) == 0
+    if not unknown.any():
+        return calls, detections
+    events = events_of_calls(calls)
+    known_event = np.zeros(len(events.position), dtype=bool)
+    known_event[events.event_of_call[~unknown]] = True
+    matched = match_events(events, detections, tolerance)
+    keep_detection = (matched < 0) | known_event[np.maximum(matched, 0)]
+    keep_call = known_event[events.event_of_call]
+    return calls[keep_call], detections[keep_detection]
 
 
 def _event_windows(events: _Events, detection_code, detection_time, half_width):

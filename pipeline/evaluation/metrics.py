@@ -212,7 +212,9 @@ def prepare_scoring(calls, detections, classes, tolerance, matches=None) -> Scor
             raise ValueError("matches must hold one event index (or -1) per detection")
     labels = np.zeros((n_events, len(classes)), dtype=bool)
     if classes:  # detection alone needs no class (detection-only data has none)
-        labels[events.event_of_call, classes_of_calls(calls, len(classes)) - 1] = True
+        codes = classes_of_calls(calls, len(classes))
+        known = codes >= 1  # class 0: species unknown (see matching.classified_only)
+        labels[events.event_of_call[known], codes[known] - 1] = True
     detection_labels = np.zeros((len(matched_event), len(classes)), dtype=bool)
     matched = matched_event >= 0
     detection_labels[matched] = labels[matched_event[matched]]

@@ -15,7 +15,7 @@ from pipeline.model.predictor import Predictor
 
 def calls_table(recordings, cube) -> pd.DataFrame:
     """The calls of annotated recordings as :mod:`pipeline.evaluation` reads them (``recording``
-    = the cube's recording index as a string)."""
+    = the cube's recording index as a string; ``class`` 1..K, 0 for a species unknown)."""
     from pipeline.annotations.matching import match_recordings
 
     rows = []
@@ -29,22 +29,35 @@ def calls_table(recordings, cube) -> pd.DataFrame:
 
 
 def detect_recordings(predictor: Predictor, cube, recordings, classes, thresholds=None) -> pd.DataFrame:
-    """Detection events of the annotated recordings (``recording`` = cube index as a string)."""
+    """Detection events of the annotated recordings (``recording`` = cube index as a string).
+
+    Only the annotated parts of a recording are looked at (its ``windows``, when known): a
+    detection outside them can be neither right nor wrong.
+    """
     from pipeline.annotations.matching import match_recordings
     from pipeline.detection.recording import detect_recording
 
     thresholds = thresholds or {"detection": 0.0, **{c: 0.0 for c in classes}}
     tables = []
     indices, _ = match_recordings(cube, [rec.file for rec in recordings])
-    for r in indices:
+    for rec, r in zip(recordings, indices):
         if r is None:
             continue
         one = cube.batml.recording(r)
         spectrogram = one["spectrogram"].values.astype(np.float32)
         events = detect_recording(predictor, spectrogram, one["offset"].values, classes, thresholds)
+        if getattr(rec, "windows", None) is not None:
+            events = events[inside_windows(events["time"].to_numpy(), rec.windows)]
         tables.append(events.assign(recording=str(r)))
     columns = ["recording", "time", "score", *[f"prob_{c}" for c in classes]]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+
+
+def inside_windows(times: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Whether each time lies in one of the windows ``[start, end)`` (real s)."""
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
+    times = np.asarray(times, dtype=np.float64)
+    return ((times[:, None] >= windows[None, :, 0]) & (times[:, None] < windows[None, :, 1])).any(axis=1)
 
 
 def tuned_thresholds(predictor, cube, recordings, classes) -> dict[str, float]:

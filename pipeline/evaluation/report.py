@@ -16,6 +16,7 @@ from pipeline.detection.schema import threshold_values
 from pipeline.evaluation.matching import (
     DEFAULT_TOLERANCE,
     checked_tolerance,
+    classified_only,
     match_detections,
 )
 from pipeline.evaluation.metrics import (
@@ -64,10 +65,13 @@ def evaluate(
     detection_threshold, class_thresholds = threshold_values(thresholds, classes)
     used = {"detection": detection_threshold, **dict(zip(classes, class_thresholds.tolist()))}
     matches = match_detections(calls, detections, tolerance)
-    arguments = (calls, detections, classes, used, tolerance, matches)
-
-    seed = reference_scores(*arguments)
+    detection = reference_scores(calls, detections, classes, used, tolerance, matches)["detection"]
     detection_ap = detection_average_precision(calls, detections, tolerance, matches)
+    # Classification: on the calls of a known species (class 0: species unknown) alone.
+    calls, detections = classified_only(calls, detections, tolerance)
+    matches = match_detections(calls, detections, tolerance)
+    arguments = (calls, detections, classes, used, tolerance, matches)
+    seed = reference_scores(*arguments)
     class_ap = class_average_precision(calls, detections, classes, tolerance, matches)
     per_class = {
         name: {
@@ -80,7 +84,7 @@ def evaluate(
     result = {
         "tolerance": tolerance,
         "thresholds": used,
-        "detection": {"ap": detection_ap.average_precision, **seed["detection"]},
+        "detection": {"ap": detection_ap.average_precision, **detection},
         "classification": {
             "map": class_ap.mean_average_precision,
             **seed["classification"],

@@ -28,6 +28,7 @@ def model_on_annotations(
     split: str = "test",
     cube: str | os.PathLike | None = None,
     trust_npz: bool = False,
+    dataset_options: dict | None = None,
     cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
@@ -36,8 +37,10 @@ def model_on_annotations(
     """A model bundle, the cube of the annotated recordings made with its settings, the
     recordings of ``split`` (``"test"``: the test split, all recordings if none; ``"train"``;
     ``"all"``) that can be used, and one line per other one saying why (as
-    :func:`usable_recordings`: not found, rejected, or a link outside ``audio_dir``): what
-    ``batml evaluate`` and ``batml plot pr|confusion`` run the model on.
+    :func:`usable_recordings`: not found, rejected, or a link outside ``audio_dir``), and the
+    dataset's notes (classes the model does not have...): what ``batml evaluate`` and
+    ``batml plot pr|confusion`` run the model on. The calls' classes are numbered as the
+    model's (:meth:`~pipeline.annotations.dataset.Annotations.recoded`).
     """
     from pipeline.distributed import connect
     from pipeline.ingestion import ingest
@@ -45,7 +48,7 @@ def model_on_annotations(
     from pipeline.model.bundle import load_bundle
 
     bundle = load_bundle(model)
-    annotations = read_dataset(dataset, trust_npz=trust_npz)
+    annotations = read_dataset(dataset, trust_npz=trust_npz, **(dataset_options or {})).recoded(bundle.classes)
     recordings = {
         "test": annotations.test or annotations.train,
         "train": annotations.train,
@@ -60,7 +63,7 @@ def model_on_annotations(
             f"{cube}: spectrogram fingerprint {cube_ds.attrs['fingerprint']} differs from the model's {bundle.fingerprint}"
         )
     usable, problems = usable_recordings(recordings, cube_ds, audio_dir)
-    return bundle, cube_ds, usable, problems
+    return bundle, cube_ds, usable, problems, annotations.notes
 
 
 def evaluate_saved_model(
@@ -70,6 +73,7 @@ def evaluate_saved_model(
     *,
     cube: str | os.PathLike | None = None,
     trust_npz: bool = False,
+    dataset_options: dict | None = None,
     cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
@@ -78,15 +82,17 @@ def evaluate_saved_model(
     """Evaluate a model bundle on the test split (all recordings if none): ``batml evaluate``.
 
     The result is also written next to the model (``evaluation.json``, ``evaluation.txt``);
-    its ``"skipped"`` lists the annotated recordings left out, each with the reason.
+    its ``"skipped"`` lists the annotated recordings left out, each with the reason, and its
+    ``"notes"`` what else the user should know (classes of the annotations the model lacks).
     """
-    bundle, cube_ds, recordings, problems = model_on_annotations(
-        model, dataset, audio_dir, cube=cube, trust_npz=trust_npz, cluster=cluster, client=client,
-        n_workers=n_workers, progress=progress,
+    bundle, cube_ds, recordings, problems, notes = model_on_annotations(
+        model, dataset, audio_dir, cube=cube, trust_npz=trust_npz, dataset_options=dataset_options,
+        cluster=cluster, client=client, n_workers=n_workers, progress=progress,
     )  # fmt: skip
     predictor = Predictor.from_bundle(bundle)
     metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)
     metrics["skipped"] = problems
+    metrics["notes"] = notes
     write_evaluation(Path(model), metrics)
     return metrics
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.detection.schema import DEFAULT_THRESHOLD
-from pipeline.evaluation.matching import DEFAULT_TOLERANCE
+from pipeline.evaluation.matching import DEFAULT_TOLERANCE, classified_only
 from pipeline.evaluation.metrics import (
     end_to_end_counts,
     f1_ratio,
@@ -95,6 +95,8 @@ def tune_thresholds(
     if len(grid) == 0 or not np.all(np.isfinite(grid)):
         raise ValueError("grid must be a non-empty sequence of finite thresholds")
     classes = list(classes)
+    if matches is None:
+        calls, detections = classified_only(calls, detections, tolerance)
     scored = prepare_scoring(calls, detections, classes, tolerance, matches)
     n_positives = scored.labels.sum(axis=0).astype(np.int64)
     present = n_positives > 0

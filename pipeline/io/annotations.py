@@ -81,13 +81,23 @@ class RecordingCalls:
     positions
         Start time of each call in real seconds, float64, shape ``(n,)``.
     classes
-        Class of each call (1..K), int64, shape ``(n,)``; ``None`` for detection-only data.
+        Class of each call (1..K, or 0 for a bat call of unknown species), int64, shape
+        ``(n,)``; ``None`` for detection-only data.
+    negatives
+        Positions (real s) of labelled sounds that are not calls to detect (insects, noise, and
+        buzzes or social calls when learned as negatives), float64; ``None``: none labelled.
+    windows
+        The annotated parts of the recording, ``(m, 2)`` float64 ``[start, end)`` in real s;
+        outside them nothing is known (no negative is drawn there, no detection counted).
+        ``None``: the whole recording was annotated.
     """
 
     file: str
     duration: float
     positions: np.ndarray
     classes: np.ndarray | None
+    negatives: np.ndarray | None = None
+    windows: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -254,6 +254,7 @@ def save_bundle(
     training: Mapping[str, Any],
     metrics: Mapping[str, Any],
     params: Mapping[str, Mapping[str, Any]],
+    sources: list[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Save a trained model as a bundle directory, replacing any bundle at ``path`` atomically.
 
@@ -286,6 +287,10 @@ def save_bundle(
         non-finite floats become ``null``).
     params : Mapping of str to Mapping
         The hyperparameters by row (``{"cnn_8": {...}, "xgboost_spectrogram": {...}}``).
+    sources : list of Mapping, optional
+        What the model was made from that carries terms of use: data and weights, each
+        ``{"what": ..., "licence": ..., "url": ...}`` (a fine-tuned model inherits its
+        parent's); kept in the manifest as ``sources`` and shown where the model is used.
 
     Returns
     -------
@@ -323,6 +328,7 @@ def save_bundle(
         "training": _json_ready(path, "training summary", training),
         "metrics": _json_ready(path, "metrics", metrics),
         "hyperparameters": _json_ready(path, "hyperparameters", params),
+        "sources": _json_ready(path, "sources", list(sources or [])),
         "package_version": __version__,
         "library_versions": _library_versions(),
         "created": _utc_now(),

@@ -222,7 +222,9 @@ def build_networks(
     return networks
 
 
-def compile_network(model: keras.Model, params: Mapping[str, int | float]) -> keras.Model:
+def compile_network(
+    model: keras.Model, params: Mapping[str, int | float], *, masked: bool = False, rate_factor: float = 1.0
+) -> keras.Model:
     """Compile a network for training with its row's Adam settings.
 
     The loss follows the head: categorical cross-entropy (one-hot targets) for a softmax
@@ -236,6 +238,11 @@ def compile_network(model: keras.Model, params: Mapping[str, int | float]) -> ke
     params : Mapping
         Its row; reads ``learning_rate``, ``beta_1``, ``beta_2`` and, when present,
         ``adam_epsilon`` (Keras's default otherwise).
+    masked : bool
+        Some targets are unknown (NaN: the classes of a call whose species is not given):
+        the binary cross-entropy of :func:`masked_binary_crossentropy` skips them.
+    rate_factor : float
+        Multiplies the row's learning rate (fine-tuning's second phase).
 
     Returns
     -------
@@ -246,12 +253,33 @@ def compile_network(model: keras.Model, params: Mapping[str, int | float]) -> ke
 
     check_required(params, ("learning_rate", "beta_1", "beta_2"), needed_by="compile_network")
     optimizer = keras.optimizers.Adam(
-        learning_rate=float(params["learning_rate"]),
+        learning_rate=float(params["learning_rate"]) * float(rate_factor),
         beta_1=float(params["beta_1"]),
         beta_2=float(params["beta_2"]),
         epsilon=float(params.get("adam_epsilon", 1e-7)),
     )
     head = model.layers[-1].get_config().get("activation")
-    loss = "categorical_crossentropy" if head == "softmax" else "binary_crossentropy"
+    if head == "softmax":
+        loss = "categorical_crossentropy"
+    else:
+        loss = masked_binary_crossentropy if masked else "binary_crossentropy"
     model.compile(optimizer=optimizer, loss=loss)
     return model
+
+
+def masked_binary_crossentropy(y_true, y_pred):
+    """Binary cross-entropy averaged over the known targets of each sample (NaN: unknown).
+
+    Equal to Keras's ``binary_crossentropy`` where every target is known; a sample with no
+    known target adds nothing.
+    """
+    import keras
+    from keras import ops
+
+    known = ops.logical_not(ops.isnan(y_true))
+    y_true = ops.where(known, y_true, ops.zeros_like(y_true))
+    epsilon = keras.config.epsilon()
+    y_pred = ops.clip(y_pred, epsilon, 1.0 - epsilon)
+    cross = -(y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred))
+    weight = ops.cast(known, y_pred.dtype)
+    return ops.sum(cross * weight, axis=-1) / ops.maximum(ops.sum(weight, axis=-1), 1.0)

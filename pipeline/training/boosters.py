@@ -86,8 +86,11 @@ def fit_boosters(client, features, targets: np.ndarray, xgb_params: dict, seed: 
     chunks = features.chunks[0]
     boosters = {}
     for j, name in enumerate(booster_names(targets.shape[1])):
-        label = da.from_array(targets[:, j], chunks=chunks)
-        weight = da.from_array(balanced_weights(targets[:, j]), chunks=chunks)
+        known = ~np.isnan(targets[:, j])  # NaN: a call of unknown species, not learned by class boosters
+        weights = np.zeros(len(targets), np.float32)
+        weights[known] = balanced_weights(targets[known, j])
+        label = da.from_array(np.nan_to_num(targets[:, j], nan=0.0), chunks=chunks)
+        weight = da.from_array(weights, chunks=chunks)
 
         def fit():
             matrix = dxgb.DaskDMatrix(client, features, label, weight=weight)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from pipeline.files import check_writable
 from pipeline.model.predictor import Predictor, inference_network
 from pipeline.training import TrainingError
 from pipeline.training.boosters import fit_hybrid_boosters
+from pipeline.training.fine_tuning import inherited_sources, load_parent, parent_record, transfer_weights
 from pipeline.training.hard_negatives import hard_examples
 from pipeline.training.networks import fit_networks
 
@@ -47,6 +48,10 @@ class TrainSettings:
     seed : random seed (sampling, splits, initial weights, XGBoost)
     epochs : cap on training epochs (default: the CSV's, 200 with early stopping)
     networks_csv, xgboost_csv : the user's hyperparameter CSVs (default: the packaged ones)
+    parent : a model bundle to fine-tune (its networks' weights are the starting point; its
+        output layer is replaced when the class list differs); None trains from scratch
+    head_epochs : fine-tuning: epochs (at most) of the first phase, the parent's layers frozen
+    fine_tune_rate : fine-tuning: factor of the learning rate in the second phase (all layers)
     """
 
     model_type: str = "hybrid_cnn_xgboost"
@@ -56,6 +61,9 @@ class TrainSettings:
     epochs: int | None = None
     networks_csv: str | None = None
     xgboost_csv: str | None = None
+    parent: str | None = None
+    head_epochs: int = 30
+    fine_tune_rate: float = 0.1
 
 
 @dataclass
@@ -65,6 +73,7 @@ class TrainReport:
     classes: list[str]
     n_windows: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -72,6 +81,8 @@ class TrainReport:
         from pipeline.evaluation.report import format_report
 
         lines = [f"model: {self.model} ({self.architecture}), {self.n_windows} training windows, {self.seconds:.0f} s"]
+        lines.append(f"classes ({len(self.classes)}): {', '.join(self.classes)}")
+        lines += [f"note: {n}" for n in self.notes]
         lines += [f"skipped: {p}" for p in self.problems]
         if self.metrics:
             lines.append(format_report(self.metrics))
@@ -87,11 +98,56 @@ def _params(arch, settings: TrainSettings) -> tuple[dict, dict]:
     return rows, booster
 
 
-def _split_validation(recordings: list, fraction: float, seed: int):
-    order = np.random.default_rng(seed).permutation(len(recordings))
+#: Fewer training recordings than this are split into their annotated clips for validation.
+MIN_RECORDINGS_TO_SPLIT = 5
+
+
+def _split_validation(recordings: list, fraction: float, seed: int, n_classes: int):
+    """The fit and validation recordings: a ``fraction`` of the recordings, stratified over the
+    classes they hold (multi-label iterative stratification, scikit-multilearn), so that rare
+    classes are in both; by annotated clip when there are too few recordings."""
+    if len(recordings) < MIN_RECORDINGS_TO_SPLIT:
+        clips = [clip for rec in recordings for clip in _clips(rec)]
+        if len(clips) >= MIN_RECORDINGS_TO_SPLIT:
+            recordings = clips
     n_val = int(round(fraction * len(recordings))) if len(recordings) > 1 else 0
-    val = {int(i) for i in order[:n_val]}
+    if n_val == 0:
+        return list(recordings), []
+    val = _stratified_choice(recordings, n_val, n_classes, seed)
     return [r for i, r in enumerate(recordings) if i not in val], [r for i, r in enumerate(recordings) if i in val]
+
+
+def _stratified_choice(recordings: list, n_val: int, n_classes: int, seed: int) -> set[int]:
+    """Indices of ``n_val`` recordings whose classes follow the whole set's (random order first,
+    so that equal recordings are taken at random)."""
+    order = np.random.default_rng(seed).permutation(len(recordings))
+    presence = np.zeros((len(recordings), n_classes), dtype=int)
+    for i, rec in enumerate(recordings):
+        known = rec.classes[rec.classes >= 1] if rec.classes is not None else []
+        presence[i, np.asarray(known, dtype=np.int64) - 1] = 1
+    if n_classes < 2 or not presence.any():
+        return {int(i) for i in order[:n_val]}
+    from skmultilearn.model_selection import IterativeStratification
+
+    stratifier = IterativeStratification(
+        n_splits=2, order=1, sample_distribution_per_fold=[n_val / len(recordings), 1 - n_val / len(recordings)]
+    )
+    _, chosen = next(stratifier.split(np.zeros((len(order), 1)), presence[order]))
+    return {int(order[i]) for i in chosen}
+
+
+def _clips(rec) -> list:
+    """A recording as one annotated recording per annotated window (clip); itself if it has none."""
+    if rec.windows is None or len(rec.windows) < 2:
+        return [rec]
+    clips = []
+    for start, end in rec.windows:
+        inside = (rec.positions >= start) & (rec.positions < end)
+        negatives = rec.negatives[(rec.negatives >= start) & (rec.negatives < end)] if rec.negatives is not None else None
+        clips.append(replace(rec, positions=rec.positions[inside], negatives=negatives,
+                             classes=None if rec.classes is None else rec.classes[inside],
+                             windows=np.array([[start, end]])))  # fmt: skip
+    return clips
 
 
 def train_model(
@@ -122,9 +178,10 @@ def train_model(
     arch = get_architecture(settings.model_type)
     classes = annotations.classes
     cube = open_cube(cube_path)
-    report = TrainReport(model=out, architecture=arch.name, classes=classes)
+    report = TrainReport(model=out, architecture=arch.name, classes=classes, notes=list(annotations.notes))
+    parent = load_parent(settings.parent, arch, spectrogram_settings) if settings.parent else None
     annotations, report.problems = usable_annotations(annotations, cube, audio_dir)
-    fit_recs, val_recs = _split_validation(annotations.train, settings.validation_fraction, settings.seed)
+    fit_recs, val_recs = _split_validation(annotations.train, settings.validation_fraction, settings.seed, len(classes))
     sampling = SamplingSettings()
     train_samples, problems = build_samples(fit_recs, cube, len(classes), sampling, settings.seed)
     val_samples, val_problems = build_samples(val_recs, cube, len(classes), sampling, settings.seed + 1)
@@ -138,7 +195,10 @@ def train_model(
             train_samples = hard_examples(predictor, cube, fit_recs, classes, train_samples)
         keras.utils.set_random_seed(settings.seed + round_)
         networks = build_networks(arch, len(classes), rows)
-        histories = fit_networks(arch, networks, rows, str(cube_path), train_samples, val_samples, settings, progress)
+        new_layers = transfer_weights(parent, networks) if parent is not None else None
+        histories = fit_networks(
+            arch, networks, rows, str(cube_path), train_samples, val_samples, settings, progress, new_layers=new_layers
+        )
         boosters = None
         if arch.hybrid:
             boosters = fit_hybrid_boosters(client, arch, networks, cube_path, train_samples, booster_params, settings)
@@ -162,7 +222,10 @@ def train_model(
             "histories": histories,
             "cube": str(cube_path),
             "seconds": time.perf_counter() - t0,
+            "annotations": annotations.source,
+            **({"parent": parent_record(parent, new_layers)} if parent is not None else {}),
         },
+        sources=inherited_sources(parent),
         metrics=report.metrics,
         params={**rows, **({"xgboost": booster_params} if arch.hybrid else {})},
     )
@@ -181,6 +244,7 @@ def train(
     cube: str | os.PathLike | None = None,
     run_settings: Settings | None = None,
     trust_npz: bool = False,
+    dataset_options: dict | None = None,
     cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
@@ -193,10 +257,13 @@ def train(
     dataset : the seed's ``.npz`` or a CSV of calls
     audio_dir : folder of the recordings the annotations name (``<audio_dir>/<file>.wav``)
     out : the model bundle directory to write
-    settings : what to train (:class:`TrainSettings`)
+    settings : what to train (:class:`TrainSettings`; ``parent`` fine-tunes a bundle)
     cube : spectrogram cube to reuse or create (default: ``<out>.cube.zarr``)
-    run_settings : spectrogram and ingest settings
+    run_settings : spectrogram and ingest settings (a parent's spectrogram settings replace them)
     trust_npz : allow pickle when reading the ``.npz`` (only for files you made yourself)
+    dataset_options : how to read the annotations (:func:`~pipeline.annotations.dataset.read_dataset`'s
+        keywords: ``format``, ``time_expansion``, ``class_names``, ``annotated_windows``,
+        ``non_echolocation``, ``detection_only``...)
     cluster, client, n_workers : where to run (see :func:`pipeline.distributed.connect`)
     progress : progress bars
     """
@@ -206,7 +273,12 @@ def train(
     settings = settings or TrainSettings()
     run_settings = run_settings or Settings()
     out = Path(out)
-    annotations = read_dataset(dataset, trust_npz=trust_npz)
+    annotations = read_dataset(dataset, trust_npz=trust_npz, **(dataset_options or {}))
+    if settings.parent:
+        from pipeline.model.registry import get_architecture
+
+        parent = load_parent(settings.parent, get_architecture(settings.model_type), None)
+        run_settings = type(run_settings)(spectrogram=parent.spectrogram, ingest=run_settings.ingest)
     check_writable(out, "the model bundle")  # before hours of training, not after
     cube = Path(cube) if cube is not None else out.with_name(out.name + ".cube.zarr")
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:

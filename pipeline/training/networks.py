@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.model.registry import compile_network
+
 
 def network_targets(arch, row: str, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which samples a network learns from, and its targets.
@@ -19,32 +21,59 @@ def network_targets(arch, row: str, targets: np.ndarray) -> tuple[np.ndarray, np
     return np.ones(len(targets), bool), targets
 
 
-def fit_networks(arch, networks, params_by_row, cube_path, train, validation, settings, progress):
-    """Train each network of the model, streaming windows from the cube; their histories."""
-    import keras
+def fit_networks(arch, networks, params_by_row, cube_path, train, validation, settings, progress, *, new_layers=None):
+    """Train each network of the model, streaming windows from the cube; their histories.
 
-    from pipeline.model.registry import compile_network
-    from pipeline.windows import WindowSequence
-
+    ``new_layers`` (fine-tuning: network row -> names of the layers not taken from the parent)
+    trains in two phases: first those layers alone, the others frozen, for at most
+    ``settings.head_epochs`` epochs; then every layer at ``settings.fine_tune_rate`` times the
+    row's learning rate. Early stopping on the validation windows in each phase.
+    """
     histories = {}
     for row, network in networks.items():
         params = params_by_row[row]
-        compile_network(network, params)
         use, y = network_targets(arch, row, train.targets)
         val_use, val_y = network_targets(arch, row, validation.targets)
-        batch = int(params.get("batch_size", 320))
-        data = WindowSequence(cube_path, (train.columns[use], y[use]), batch_size=batch, shuffle=True, seed=settings.seed)
-        val = WindowSequence(cube_path, (validation.columns[val_use], val_y[val_use]), batch_size=batch, shuffle=False)
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=int(params.get("patience", 20)),
-            min_delta=float(params.get("min_delta", 0.0)),
-            restore_best_weights=True,
-        )
+        masked = bool(np.isnan(y[use]).any() or np.isnan(val_y[val_use]).any())
+        data = (train.columns[use], y[use]), (validation.columns[val_use], val_y[val_use])
         epochs = int(params.get("epochs", 200)) if settings.epochs is None else settings.epochs
-        history = network.fit(
-            data, validation_data=val if len(val) else None, epochs=epochs, callbacks=[stop] if len(val) else [],
-            verbose=1 if progress else 0,
-        )  # fmt: skip
-        histories[row] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        if new_layers is None:
+            phases = [("all", None, 1.0, epochs)]
+        else:
+            head_epochs = min(int(settings.head_epochs), epochs)
+            phases = [("new layers", set(new_layers[row]), 1.0, head_epochs),
+                      ("all layers", None, float(settings.fine_tune_rate), epochs)]  # fmt: skip
+        history: dict[str, list[float]] = {}
+        for name, trained, rate_factor, phase_epochs in phases:
+            for layer in network.layers:
+                layer.trainable = trained is None or layer.name in trained
+            compile_network(network, params, masked=masked, rate_factor=rate_factor)
+            if progress and new_layers is not None:
+                print(f"{row}: fine-tuning, {name}")
+            for key, values in _fit(network, params, cube_path, data, phase_epochs, settings.seed, progress).items():
+                history.setdefault(key, []).extend(values)
+        histories[row] = history
     return histories
+
+
+def _fit(network, params, cube_path, data, epochs: int, seed: int, progress: bool) -> dict[str, list[float]]:
+    """One ``network.fit`` with early stopping on the validation windows; its history."""
+    import keras
+
+    from pipeline.windows import WindowSequence
+
+    (columns, targets), (val_columns, val_targets) = data
+    batch = int(params.get("batch_size", 320))
+    windows = WindowSequence(cube_path, (columns, targets), batch_size=batch, shuffle=True, seed=seed)
+    validation = WindowSequence(cube_path, (val_columns, val_targets), batch_size=batch, shuffle=False)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss",
+        patience=int(params.get("patience", 20)),
+        min_delta=float(params.get("min_delta", 0.0)),
+        restore_best_weights=True,
+    )
+    history = network.fit(
+        windows, validation_data=validation if len(validation) else None, epochs=epochs,
+        callbacks=[stop] if len(validation) else [], verbose=1 if progress else 0,
+    )  # fmt: skip
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
