@@ -28,6 +28,9 @@ matplotlib.
 from importlib import import_module
 
 from pipeline._version import __version__
+from pipeline.logs import quiet_tensorflow
+
+quiet_tensorflow()
 
 #: Public name -> (module, attribute), imported on first use.
 _API = {

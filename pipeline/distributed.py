@@ -27,6 +27,7 @@ import dask.utils
 import yaml
 
 from pipeline.interrupt import raise_if_interrupted
+from pipeline.logs import log_task_failure
 
 _DEFAULTS = Path(__file__).with_name("distributed.yaml")
 
@@ -84,6 +85,7 @@ def run_chunks(client, chunks, submit, *, desc: str, progress: bool = True) -> l
             try:
                 future.result()
             except Exception as exc:  # a worker died repeatedly or a bug: report, go on
+                log_task_failure(f"{desc} of chunk {chunk}", future)  # the traceback, for --debug
                 errors.append(f"chunk {chunk}: {type(exc).__name__}: {exc}".splitlines()[0])
             bar.update()
     return errors

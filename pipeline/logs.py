@@ -91,8 +91,6 @@ def configure(*, debug: bool = False, log_file: str | os.PathLike | None = None)
     file.batml = True
     root.addHandler(file)
     root.setLevel(logging.DEBUG)
-    for name in ("distributed", "xgboost"):
-        logging.getLogger(name).addHandler(file)
     logger.debug("batml %s, Python %s, argv %s", _version(), sys.version.split()[0], sys.argv)
     return path
 
@@ -160,18 +158,29 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def quiet_libraries() -> None:
-    """Silence TensorFlow's, XGBoost's and Dask's start-up and informational lines.
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's start-up lines (not in debug mode); imports nothing.
 
-    Does nothing in debug mode. TensorFlow's C++ log level is set (``TF_CPP_MIN_LOG_LEVEL``),
-    and its first import goes through an import hook that silences the lines its core
-    prints while loading; the chatty Python loggers are set to WARNING.
+    TensorFlow's C++ log level is set (``TF_CPP_MIN_LOG_LEVEL``, unless already set), and its
+    first import goes through an import hook that silences what its core prints while loading.
+    ``import pipeline`` calls this, so Python and Jupyter users do not see those lines either.
     """
     if debug_enabled():
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
+
+
+def quiet_libraries() -> None:
+    """Silence TensorFlow's, XGBoost's and Dask's start-up and informational lines.
+
+    Does nothing in debug mode: :func:`quiet_tensorflow`, and the chatty Python loggers set to
+    WARNING (what a command does; a library imported in a notebook leaves them alone).
+    """
+    if debug_enabled():
+        return
+    quiet_tensorflow()
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -44,15 +44,8 @@ from matplotlib.patches import Rectangle
 
 from pipeline.annotations.matching import align_recordings
 from pipeline.detection.schema import probability_column
-from pipeline.evaluation.matching import (
-    DEFAULT_TOLERANCE,
-    event_labels,
-    match_detections,
-)
-from pipeline.evaluation.metrics import (
-    class_average_precision,
-    detection_average_precision,
-)
+from pipeline.evaluation.matching import DEFAULT_TOLERANCE, event_labels, match_detections
+from pipeline.evaluation.metrics import class_average_precision, detection_average_precision
 from pipeline.files import atomic_path
 
 #: Colour of each of the seven groups (tab10, stable whatever the groups plotted).

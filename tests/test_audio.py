@@ -9,14 +9,7 @@ import pytest
 import soundfile
 
 from pipeline.config import SpectrogramSettings
-from pipeline.io.audio import (
-    RecordingError,
-    channel_units,
-    check_usable,
-    file_status,
-    read_info,
-    read_samples,
-)
+from pipeline.io.audio import RecordingError, channel_units, check_usable, file_status, read_info, read_samples
 from pipeline.testing import OK, tone, write_bad_corpus, write_tone
 
 NON_FINITE = "contains NaN or infinite samples"

@@ -18,14 +18,7 @@ import xgboost  # noqa: E402
 from pipeline._version import __version__  # noqa: E402
 from pipeline.config import SpectrogramSettings  # noqa: E402
 from pipeline.interrupt import interruptible  # noqa: E402
-from pipeline.model.bundle import (  # noqa: E402
-    FORMAT_VERSION,
-    BundleError,
-    ModelBundle,
-    load_bundle,
-    save_bundle,
-    update_bundle,
-)
+from pipeline.model.bundle import FORMAT_VERSION, BundleError, ModelBundle, load_bundle, save_bundle, update_bundle  # noqa: E402
 from pipeline.testing import swallow_signal  # noqa: E402
 
 # Keras's TensorFlow backend calls np.array on tensors in a way numpy 2 deprecates.

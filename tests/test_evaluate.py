@@ -19,6 +19,7 @@ from pipeline.evaluation.metrics import (
     multilabel_scores,
     precision_recall_curve,
     reference_scores,
+    top1_accuracy,
 )
 from pipeline.evaluation.report import evaluate, format_report
 from pipeline.evaluation.thresholds import tune_thresholds
@@ -514,3 +515,19 @@ def test_bad_inputs_are_refused_with_a_clear_message():
         match_detections(calls, detections, tolerance=-0.001)
     with pytest.raises(ValueError, match="lack the column"):
         match_detections(calls, detections.drop(columns="score"))
+
+
+def test_top1_accuracy_by_hand():
+    """Three events matched (one with two classes), one missed; the most probable class of the
+    detection counts as right when it is one of its event's classes."""
+    calls = make_calls([("r", 0.10, 1), ("r", 0.50, 2), ("r", 0.50, 3), ("r", 0.90, 2), ("r", 2.0, 1)])
+    detections = make_detections(
+        [("r", 0.101, 0.9, 0.8, 0.1, 0.1),   # event 0 (A): right
+         ("r", 0.502, 0.8, 0.1, 0.2, 0.7),   # event 1 (B+C): C is one of them, right
+         ("r", 0.905, 0.7, 0.6, 0.3, 0.1),   # event 2 (B): A, wrong
+         ("r", 1.500, 0.6, 0.1, 0.8, 0.1)],  # no event: not counted
+        CLASSES,
+    )  # fmt: skip
+    result = top1_accuracy(calls, detections, CLASSES)
+    assert result["all"] == pytest.approx(2 / 3) and result["n_events"] == 3
+    assert result["per_class"] == {"A": 1.0, "B": pytest.approx(0.5), "C": 1.0}

@@ -8,14 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.annotations import (
-    AnnotationError,
-    convert,
-    read_annotations,
-    read_csv,
-    read_npz,
-    write_calls_csv,
-)
+from pipeline.annotations import AnnotationError, convert, read_annotations, read_csv, read_npz, write_calls_csv
 from pipeline.io.annotations import RecordingCalls, write_seed_npz
 
 SEVEN = ["Barbarg", "Envsp", "Myosp", "Pip35", "Pip50", "Plesp", "Rhisp"]

@@ -7,14 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.annotations import AnnotationError, AnnotationSet, read_class_names, select_calls
-from pipeline.annotations.table import (
-    CALL_COLUMNS,
-    EVENTS,
-    class_and_event,
-    event_name,
-    to_real_time,
-    validate_calls,
-)
+from pipeline.annotations.table import CALL_COLUMNS, EVENTS, class_and_event, event_name, to_real_time, validate_calls
 
 
 def _calls(**columns) -> pd.DataFrame:

@@ -11,13 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.model.cnn import build_cnn  # noqa: E402
-from pipeline.model.params import (  # noqa: E402
-    COLUMNS,
-    ParamsError,
-    check_required,
-    list_rows,
-    load_params,
-)
+from pipeline.model.params import COLUMNS, ParamsError, check_required, list_rows, load_params  # noqa: E402
 from pipeline.model.registry import (  # noqa: E402
     ARCHITECTURE_NAMES,
     ARCHITECTURES,

@@ -19,13 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.annotations.names import read_class_names
-from pipeline.annotations.table import (
-    AnnotationSet,
-    class_names_from,
-    empty_calls,
-    to_real_time,
-    validate_calls,
-)
+from pipeline.annotations.table import AnnotationSet, class_names_from, empty_calls, to_real_time, validate_calls
 from pipeline.config import SEED_SPECIES
 from pipeline.io.annotations import read_seed_npz
 

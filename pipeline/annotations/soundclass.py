@@ -43,13 +43,7 @@ from pathlib import Path
 import pandas as pd
 import soundfile
 
-from pipeline.annotations.table import (
-    AnnotationSet,
-    check_time_expansion,
-    class_and_event,
-    empty_calls,
-    validate_calls,
-)
+from pipeline.annotations.table import AnnotationSet, check_time_expansion, class_and_event, empty_calls, validate_calls
 from pipeline.io.annotations import AnnotationError
 
 TABLE = "labels"

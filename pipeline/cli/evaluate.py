@@ -6,13 +6,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli.options import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    add_cluster_options,
-    add_dataset_options,
-    dataset_options,
-    print_notes,
-    print_skipped,
+    EXIT_OK, EXIT_SOME_FAILED, add_audio_options, add_cluster_options, add_dataset_options, dataset_options,
+    print_notes, print_skipped, settings_of,
 )
 
 
@@ -21,7 +16,7 @@ def run(args) -> int:
 
     result = evaluate_saved_model(
         args.model, args.dataset, args.audio, cube=args.cube, trust_npz=args.trust_npz,
-        dataset_options=dataset_options(args), cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+        dataset_options=dataset_options(args), ingest_settings=settings_of(args).ingest, cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
     )  # fmt: skip
     if args.json:
         import json
@@ -51,6 +46,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     add_dataset_options(p)
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    add_audio_options(p)
     add_cluster_options(p)
     p.set_defaults(func=run)
 

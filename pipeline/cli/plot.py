@@ -8,15 +8,8 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_USAGE,
-    HelpFormatter,
-    add_annotation_options,
-    add_cluster_options,
-    dataset_options,
-    print_notes,
-    print_skipped,
+    EXIT_ERROR, EXIT_OK, EXIT_USAGE, HelpFormatter, add_annotation_options, add_audio_options, add_cluster_options,
+    dataset_options, print_notes, print_skipped, settings_of,
 )
 
 IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -55,7 +48,8 @@ def _model_scored_calls(args):
 
     bundle, cube, recordings, problems, notes = model_on_annotations(
         args.model, args.dataset, args.audio, split=args.split, cube=args.cube, trust_npz=args.trust_npz,
-        dataset_options=dataset_options(args), cluster=args.cluster, n_workers=args.workers,
+        dataset_options=dataset_options(args), ingest_settings=settings_of(args).ingest, cluster=args.cluster,
+        n_workers=args.workers,
         progress=not args.quiet,
     )  # fmt: skip
     print_notes(notes)
@@ -201,4 +195,5 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         )  # fmt: skip
         k.add_argument("--tolerance", type=float, default=0.010, metavar="S", help="matching tolerance (s; default 0.010)")
         add_annotation_options(k)
+        add_audio_options(k)
         add_cluster_options(k)

@@ -24,13 +24,7 @@ from pipeline.detection.events import (
     smooth_probabilities,
     smoothing_reach,
 )
-from pipeline.detection.scoring import (
-    BATCH_WINDOWS,
-    Predictor,
-    Scan,
-    column_probabilities,
-    scored_columns,
-)
+from pipeline.detection.scoring import BATCH_WINDOWS, Predictor, Scan, column_probabilities, scored_columns
 
 #: Columns per block of :func:`detect_columns` (65,536 columns: about 76 s of audio).
 BLOCK_COLUMNS = 65_536

@@ -349,6 +349,35 @@ def class_average_precision(
     )
 
 
+def top1_accuracy(
+    calls: pd.DataFrame,
+    detections: pd.DataFrame,
+    classes: Sequence[str],
+    tolerance: float = DEFAULT_TOLERANCE,
+    matches: np.ndarray | None = None,
+) -> dict:
+    """How often the most probable class of a detection is a class of the call it found.
+
+    Every event matched by a detection counts once (whatever the thresholds): right when the
+    detection's most probable class is one of the event's classes. ``"all"`` over every
+    matched event with a known class, ``"per_class"`` over the matched events of each class
+    (NaN when a class has none), with their counts ``n_events``.
+    """
+    classes = list(classes)
+    scored = prepare_scoring(calls, detections, classes, tolerance, matches)
+    counted = scored.matched & scored.detection_labels.any(axis=1)
+    if not classes or not counted.any():
+        return {"all": math.nan, "n_events": 0, "per_class": {name: math.nan for name in classes}}
+    best = np.argmax(scored.probability[counted], axis=1)
+    labels = scored.detection_labels[counted]
+    right = labels[np.arange(len(best)), best]
+    per_class = {}
+    for k, name in enumerate(classes):
+        of_class = labels[:, k]
+        per_class[name] = float(right[of_class].mean()) if of_class.any() else math.nan
+    return {"all": float(right.mean()), "n_events": int(counted.sum()), "per_class": per_class}
+
+
 def predicted_sets(scored: Scored, class_thresholds: np.ndarray) -> np.ndarray:
     return scored.probability >= class_thresholds[None, :]
 

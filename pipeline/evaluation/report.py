@@ -13,18 +13,14 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from pipeline.detection.schema import threshold_values
-from pipeline.evaluation.matching import (
-    DEFAULT_TOLERANCE,
-    checked_tolerance,
-    classified_only,
-    match_detections,
-)
+from pipeline.evaluation.matching import DEFAULT_TOLERANCE, checked_tolerance, classified_only, match_detections
 from pipeline.evaluation.metrics import (
     class_average_precision,
     detection_average_precision,
     end_to_end_scores,
     multilabel_scores,
     reference_scores,
+    top1_accuracy,
 )
 from pipeline.files import json_ready
 
@@ -52,8 +48,9 @@ def evaluate(
         * ``detection``: ``ap`` (:func:`detection_average_precision`) and the detection part
           of :func:`reference_scores` (``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``,
           ``threshold``, ``n_events``, ``n_detections``);
-        * ``classification``: ``map`` (:func:`class_average_precision`), ``per_class`` (name
-          to ``ap``, ``n_events`` (events of the class, AP's positives) and the per-class part
+        * ``classification``: ``map`` (:func:`class_average_precision`), ``top1_accuracy``
+          (:func:`top1_accuracy`), ``per_class`` (name
+          to ``ap``, ``top1_accuracy``, ``n_events`` (events of the class, AP's positives) and the per-class part
           of :func:`reference_scores`: ``precision``, ``recall``, ``f1``, ``support``, ``tp``,
           ``fp``, ``fn``, ``threshold``), ``macro_precision``, ``macro_recall``, ``macro_f1``,
           ``micro_precision``, ``micro_recall``, ``micro_f1``, ``n_events``;
@@ -73,9 +70,11 @@ def evaluate(
     arguments = (calls, detections, classes, used, tolerance, matches)
     seed = reference_scores(*arguments)
     class_ap = class_average_precision(calls, detections, classes, tolerance, matches)
+    top1 = top1_accuracy(calls, detections, classes, tolerance, matches)
     per_class = {
         name: {
             "ap": class_ap.per_class[name].average_precision,
+            "top1_accuracy": top1["per_class"][name],
             "n_events": class_ap.per_class[name].n_positives,
             **seed["classification"]["per_class"][name],
         }
@@ -87,6 +86,7 @@ def evaluate(
         "detection": {"ap": detection_ap.average_precision, **detection},
         "classification": {
             "map": class_ap.mean_average_precision,
+            "top1_accuracy": top1["all"],
             **seed["classification"],
             "per_class": per_class,
         },
@@ -164,6 +164,7 @@ def format_report(result: Mapping) -> str:
                 name,
                 n(scores["n_events"]),
                 n(scores["ap"]),
+                n(scores.get("top1_accuracy")),
                 n(scores["threshold"], 2),
                 n(scores["support"]),
                 n(scores["precision"]),
@@ -178,6 +179,7 @@ def format_report(result: Mapping) -> str:
                 kind,
                 "",
                 n(classification["map"]) if kind == "macro" else "",
+                n(classification.get("top1_accuracy")) if kind == "micro" else "",
                 "",
                 "",
                 n(classification[f"{kind}_precision"]),
@@ -187,10 +189,11 @@ def format_report(result: Mapping) -> str:
             ]
         )
     lines += _table(
-        ["class", "events", "AP", "thresh", "matched", "precision", "recall", "F1", "e2e F1"],
+        ["class", "events", "AP", "top-1", "thresh", "matched", "precision", "recall", "F1", "e2e F1"],
         rows,
     )
-    lines.append("(AP: over all events of the class; 'macro' AP is the mAP. precision, recall,")
+    lines.append("(AP: over all events of the class; 'macro' AP is the mAP. top-1: share of its matched")
+    lines.append(" events whose detection's most probable class is right ('micro': all). precision, recall,")
     lines.append(" F1: on matched events; e2e F1: every reported (detection, class) counted.)")
     multilabel = result.get("multilabel")
     if multilabel:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.annotations.dataset import read_dataset
+from pipeline.annotations.dataset import Annotations, read_dataset
 from pipeline.annotations.matching import usable_recordings
 from pipeline.config import Settings
 from pipeline.evaluation.recordings import evaluate_model
@@ -29,6 +29,7 @@ def model_on_annotations(
     cube: str | os.PathLike | None = None,
     trust_npz: bool = False,
     dataset_options: dict | None = None,
+    ingest_settings=None,
     cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
@@ -48,7 +49,9 @@ def model_on_annotations(
     from pipeline.model.bundle import load_bundle
 
     bundle = load_bundle(model)
-    annotations = read_dataset(dataset, trust_npz=trust_npz, **(dataset_options or {})).recoded(bundle.classes)
+    if not isinstance(dataset, Annotations):
+        dataset = read_dataset(dataset, trust_npz=trust_npz, **(dataset_options or {}))
+    annotations = dataset.recoded(bundle.classes)
     recordings = {
         "test": annotations.test or annotations.train,
         "train": annotations.train,
@@ -56,7 +59,8 @@ def model_on_annotations(
     }[split]
     cube = Path(cube) if cube is not None else Path(model).with_name(Path(model).name + ".cube.zarr")
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
-        ingest(audio_dir, cube, settings=Settings(spectrogram=bundle.spectrogram), client=client, progress=progress).require_complete()
+        settings = Settings(spectrogram=bundle.spectrogram, ingest=ingest_settings or Settings().ingest)
+        ingest(audio_dir, cube, settings=settings, client=client, progress=progress).require_complete()
     cube_ds = open_cube(cube)
     if cube_ds.attrs["fingerprint"] != bundle.fingerprint:
         raise TrainingError(
@@ -74,6 +78,7 @@ def evaluate_saved_model(
     cube: str | os.PathLike | None = None,
     trust_npz: bool = False,
     dataset_options: dict | None = None,
+    ingest_settings=None,
     cluster: str | None = None,
     client=None,
     n_workers: int | None = None,
@@ -82,12 +87,13 @@ def evaluate_saved_model(
     """Evaluate a model bundle on the test split (all recordings if none): ``batml evaluate``.
 
     The result is also written next to the model (``evaluation.json``, ``evaluation.txt``);
-    its ``"skipped"`` lists the annotated recordings left out, each with the reason, and its
+    ``ingest_settings`` (channels, time expansion) are used to build the cube of the recordings.
+    Its ``"skipped"`` lists the annotated recordings left out, each with the reason, and its
     ``"notes"`` what else the user should know (classes of the annotations the model lacks).
     """
     bundle, cube_ds, recordings, problems, notes = model_on_annotations(
         model, dataset, audio_dir, cube=cube, trust_npz=trust_npz, dataset_options=dataset_options,
-        cluster=cluster, client=client, n_workers=n_workers, progress=progress,
+        ingest_settings=ingest_settings, cluster=cluster, client=client, n_workers=n_workers, progress=progress,
     )  # fmt: skip
     predictor = Predictor.from_bundle(bundle)
     metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)

@@ -14,12 +14,7 @@ import pandas as pd
 
 from pipeline.detection.schema import DEFAULT_THRESHOLD
 from pipeline.evaluation.matching import DEFAULT_TOLERANCE, classified_only
-from pipeline.evaluation.metrics import (
-    end_to_end_counts,
-    f1_ratio,
-    predicted_sets,
-    prepare_scoring,
-)
+from pipeline.evaluation.metrics import end_to_end_counts, f1_ratio, predicted_sets, prepare_scoring
 
 #: The thresholds :func:`tune_thresholds` tries for every coordinate.
 THRESHOLD_GRID = np.linspace(0.05, 0.95, 19)

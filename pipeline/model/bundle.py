@@ -38,14 +38,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-from pipeline._version import __version__  # noqa: E402
-from pipeline.config import FEATURE_VERSION, SettingsError, SpectrogramSettings  # noqa: E402
-from pipeline.files import json_ready, staging_directory, write_json  # noqa: E402
-from pipeline.interrupt import raise_if_interrupted  # noqa: E402
-from pipeline.model.registry import Architecture, get_architecture  # noqa: E402
+from pipeline._version import __version__
+from pipeline.config import FEATURE_VERSION, SettingsError, SpectrogramSettings
+from pipeline.files import json_ready, staging_directory, write_json
+from pipeline.interrupt import raise_if_interrupted
+from pipeline.model.registry import Architecture, get_architecture
 
 if TYPE_CHECKING:
     import keras

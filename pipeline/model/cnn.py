@@ -14,16 +14,13 @@ model's XGBoost reads its values. The model is returned uncompiled; training com
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+from keras import layers, regularizers
 
-import keras  # noqa: E402
-from keras import layers, regularizers  # noqa: E402
-
-from pipeline.config import WINDOW_COLUMNS  # noqa: E402
-from pipeline.model.params import ParamsError, check_required  # noqa: E402
+from pipeline.config import WINDOW_COLUMNS
+from pipeline.model.params import ParamsError, check_required
 
 #: The columns of a parameter row that :func:`build_cnn` reads (``l2`` is optional).
 CNN_COLUMNS = (

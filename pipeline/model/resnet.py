@@ -17,16 +17,13 @@ the hybrid model's XGBoost features), followed by the dense output layer. L2 wei
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+from keras import layers, regularizers
 
-import keras  # noqa: E402
-from keras import layers, regularizers  # noqa: E402
-
-from pipeline.model.cnn import PATCH_SHAPE, check_head  # noqa: E402
-from pipeline.model.params import check_required  # noqa: E402
+from pipeline.model.cnn import PATCH_SHAPE, check_head
+from pipeline.model.params import check_required
 
 #: The columns of a parameter row that :func:`build_resnet` reads.
 RESNET_COLUMNS = ("l2", "batch_norm_momentum", "batch_norm_epsilon")

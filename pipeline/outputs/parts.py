@@ -38,12 +38,7 @@ from pipeline.detection.schema import (
     event_schema,
 )
 from pipeline.files import atomic_file
-from pipeline.outputs.folder import (
-    PART_NAME,
-    DetectionsError,
-    part_path,
-    parts_directory,
-)
+from pipeline.outputs.folder import PART_NAME, DetectionsError, part_path, parts_directory
 
 
 def _classes_of_schema(schema: pa.Schema, where: str) -> list[str]:

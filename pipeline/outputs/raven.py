@@ -20,17 +20,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.detection.schema import probability_column, species_rows, threshold_values
-from pipeline.files import (
-    atomic_file,
-    replace_directory,
-    temporary_name,
-)
-from pipeline.outputs.folder import (
-    RAVEN_COMBINED_NAME,
-    RAVEN_DIRNAME,
-    RAVEN_SUFFIX,
-    output_directory,
-)
+from pipeline.files import atomic_file, replace_directory, temporary_name
+from pipeline.outputs.folder import RAVEN_COMBINED_NAME, RAVEN_DIRNAME, RAVEN_SUFFIX, output_directory
 from pipeline.outputs.parts import empty_detections, iter_parts
 
 #: Species of a Raven row for a detected call of which no class reaches its threshold.

@@ -254,7 +254,8 @@ def train(
 
     Parameters
     ----------
-    dataset : the seed's ``.npz`` or a CSV of calls
+    dataset : annotations in any format of :mod:`pipeline.annotations` (a path), or an
+        :class:`~pipeline.annotations.dataset.Annotations` already read
     audio_dir : folder of the recordings the annotations name (``<audio_dir>/<file>.wav``)
     out : the model bundle directory to write
     settings : what to train (:class:`TrainSettings`; ``parent`` fine-tunes a bundle)
@@ -273,7 +274,8 @@ def train(
     settings = settings or TrainSettings()
     run_settings = run_settings or Settings()
     out = Path(out)
-    annotations = read_dataset(dataset, trust_npz=trust_npz, **(dataset_options or {}))
+    annotations = dataset if isinstance(dataset, Annotations) else read_dataset(
+        dataset, trust_npz=trust_npz, **(dataset_options or {}))  # fmt: skip
     if settings.parent:
         from pipeline.model.registry import get_architecture
 

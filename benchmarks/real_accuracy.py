@@ -1,0 +1,211 @@
+"""Accuracy on the real annotated recordings of ../shared/data/real, split by recording.
+
+For each annotated set (Tadarida's reference database sample, soundClass's demo, batdetect2's
+examples), a deterministic split by recording (about 2/3 train, 1/3 test, stratified over the
+species the recordings hold), then, on the test recordings:
+
+* ``bundled``: the bundled model as it is (zero-shot; its classes are the seven European groups,
+  so the species are mapped to them through ``pipeline/io/species_groups.csv``: top-1 is then a
+  group accuracy, over the calls of species that have a group);
+* ``scratch``: a model trained from scratch on the train recordings (classes: the set's species);
+* ``from bundled``: the bundled model fine-tuned on them (``batml train --from``);
+* ``from MODEL``: fine-tuned from any other bundle given with ``--parent`` (e.g. the reference
+  system's converted networks).
+
+It prints detection AP, species mAP, top-1 species accuracy on matched calls (all, and over the
+species with at least ``--min-train-calls`` training calls), the number of test calls and the
+training time. The data's licences: Tadarida and soundClass GPL-3, batdetect2's examples CC BY-NC
+4.0 (see ../shared/data/README.md); nothing trained here is kept.
+
+    python benchmarks/real_accuracy.py                      # every set, every model
+    python benchmarks/real_accuracy.py --sets tadarida_rsdb --models from-bundled --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """An annotated real set: where its annotations and audio are, how to read them."""
+
+    name: str
+    annotations: Path
+    audio: Path
+    audio_time_expansion: float | None
+    options: dict
+
+
+SETS = {
+    "tadarida_rsdb": RealSet("tadarida_rsdb", REAL / "tadarida_rsdb/RSDB_sample/20160822",
+                             REAL / "tadarida_rsdb/RSDB_sample/20160822", 10.0, {"format": "tadarida"}),
+    "soundclass": RealSet("soundclass", REAL / "soundclass/demo_db.sqlite3", REAL / "soundclass", 10.0,
+                          {"format": "soundclass", "time_expansion": 10.0}),
+    "annotated": RealSet("annotated", REAL / "annotated/anns", REAL / "annotated/audio", None,
+                         {"format": "batdetect2"}),
+}  # fmt: skip
+
+MODELS = ("bundled", "scratch", "from-bundled")
+
+
+def split_by_recording(annotation_set, test_fraction: float = 1 / 3, seed: int = 0):
+    """The set with a ``split`` for every call and window: a deterministic split of its recordings,
+    stratified over the species they hold (multi-label iterative stratification)."""
+    from skmultilearn.model_selection import IterativeStratification
+
+    calls = annotation_set.calls
+    files = sorted(set(calls["file"]) | set(annotation_set.windows["file"] if annotation_set.windows is not None else []))
+    species = sorted(calls["class"].dropna().unique())
+    presence = np.zeros((len(files), len(species)), dtype=int)
+    index = {f: i for i, f in enumerate(files)}
+    for file, name in zip(calls["file"], calls["class"]):
+        if isinstance(name, str):
+            presence[index[file], species.index(name)] = 1
+    order = np.random.default_rng(seed).permutation(len(files))
+    stratifier = IterativeStratification(
+        n_splits=2, order=1, sample_distribution_per_fold=[test_fraction, 1 - test_fraction]
+    )
+    _, test_rows = next(stratifier.split(np.zeros((len(files), 1)), presence[order]))
+    test = {files[order[i]] for i in test_rows}
+    split = {f: "test" if f in test else "train" for f in files}
+    calls = calls.assign(split=calls["file"].map(split))
+    windows = annotation_set.windows
+    if windows is not None:
+        windows = windows.assign(split=windows["file"].map(split))
+    return replace(annotation_set, calls=calls, windows=windows)
+
+
+def species_to_groups(annotation_set):
+    """The set with each species replaced by its group of the seven (None where it has none)."""
+    from pipeline.io.annotations import species_groups
+
+    groups = species_groups()
+    calls = annotation_set.calls.assign(class_=annotation_set.calls["class"].map(groups))
+    calls = calls.drop(columns="class").rename(columns={"class_": "class"})[annotation_set.calls.columns]
+    return replace(annotation_set, calls=calls, classes=None)
+
+
+def top1_over(metrics: dict, species: list[str]) -> float:
+    """Top-1 accuracy over the matched events of ``species`` (weighted by their events)."""
+    per_class = metrics["classification"]["per_class"]
+    right = total = 0.0
+    for name in species:
+        scores = per_class.get(name)
+        if scores is None or scores.get("top1_accuracy") is None:
+            continue
+        n = scores["n_events"] * (scores["recall"] if scores.get("recall") is not None else 1.0)
+        right += scores["top1_accuracy"] * n
+        total += n
+    return right / total if total else math.nan
+
+
+def run_set(real: RealSet, models: list[str], args, work: Path, client) -> list[dict]:
+    from pipeline.annotations import read_annotations
+    from pipeline.annotations.dataset import dataset_from
+    from pipeline.config import Settings
+    from pipeline.training.job import TrainSettings, train
+
+    annotation_set = split_by_recording(read_annotations(real.annotations, **real.options), seed=args.seed)
+    dataset = dataset_from(annotation_set)
+    run_settings = Settings()
+    run_settings = type(run_settings)(
+        spectrogram=run_settings.spectrogram, ingest=run_settings.ingest.replace(time_expansion=real.audio_time_expansion)
+    )
+    train_calls = pd.Series(
+        [dataset.classes[c - 1] for rec in dataset.train for c in rec.classes if c >= 1], dtype=object
+    ).value_counts()
+    common = [name for name, n in train_calls.items() if n >= args.min_train_calls]
+    n_test = sum(len(rec.positions) for rec in dataset.test)
+    print(f"{real.name}: {len(dataset.train)} train / {len(dataset.test)} test recordings, {n_test} test calls; "
+          f"classes {', '.join(f'{c} ({train_calls.get(c, 0)})' for c in dataset.classes)}", file=sys.stderr)  # fmt: skip
+    for note in dataset.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    cube = work / f"{real.name}.cube.zarr"
+    rows = []
+    for model in models:
+        t0 = time.perf_counter()
+        if model == "bundled":
+            grouped = dataset_from(species_to_groups(annotation_set))
+            metrics = _evaluate_bundled(grouped, real.audio, run_settings.ingest, cube, client)
+            rows.append(_row(real.name, "bundled (groups)", metrics, list(metrics["classification"]["per_class"]),
+                             n_test, time.perf_counter() - t0))  # fmt: skip
+            continue
+        parent = None if model == "scratch" else ("default" if model == "from-bundled" else model.removeprefix("from:"))
+        settings = TrainSettings(model_type=args.model_type, epochs=args.epochs, seed=args.seed, parent=parent)
+        report = train(dataset, real.audio, work / f"{real.name}-{model.replace(':', '_').replace('/', '_')}",
+                       settings=settings, cube=cube, run_settings=run_settings, client=client, progress=False)  # fmt: skip
+        rows.append(_row(real.name, model, report.metrics, common, n_test, time.perf_counter() - t0))
+    return rows
+
+
+def _evaluate_bundled(dataset, audio: Path, ingest_settings, cube: Path, client) -> dict:
+    """The bundled model's scores on the test recordings (not written next to it)."""
+    from pipeline.evaluation.recordings import evaluate_model
+    from pipeline.evaluation.run import model_on_annotations
+    from pipeline.model.bundle import DEFAULT_BUNDLE
+    from pipeline.model.predictor import Predictor
+
+    bundle, cube_ds, recordings, _, _ = model_on_annotations(
+        DEFAULT_BUNDLE, dataset, audio, cube=cube, ingest_settings=ingest_settings, client=client, progress=False
+    )
+    return evaluate_model(Predictor.from_bundle(bundle), cube_ds, recordings, bundle.classes, bundle.thresholds)
+
+
+def _row(name: str, model: str, metrics: dict, common: list[str], n_test: int, seconds: float) -> dict:
+    classification = metrics.get("classification", {})
+    return {
+        "set": name,
+        "model": model,
+        "detection AP": metrics.get("detection", {}).get("ap"),
+        "mAP": classification.get("map"),
+        "top-1": classification.get("top1_accuracy"),
+        "top-1 (>= N train calls)": top1_over(metrics, common) if metrics else math.nan,
+        "test calls": n_test,
+        "seconds": seconds,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="bundled, scratch, from-bundled, or from:MODEL_DIR (fine-tune that bundle)")
+    parser.add_argument("--model-type", default="hybrid_cnn_xgboost")
+    parser.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: the CSV's, early stopping)")
+    parser.add_argument("--min-train-calls", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, help="folder for cubes and models (default: a temporary one)")
+    args = parser.parse_args(argv)
+    from distributed import Client, LocalCluster
+
+    import pipeline.distributed  # noqa: F401  (batml's Dask defaults)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="batml-real-") as tmp, \
+            LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name in args.sets:
+            rows += run_set(SETS[name], args.models, args, work, client)
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
