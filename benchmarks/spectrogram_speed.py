@@ -55,7 +55,7 @@ def stages(x: np.ndarray, rate: int, settings, repeat: int) -> dict[str, float]:
     """CPU seconds of each step of ``spectrogram()``, run as it runs them (best of ``repeat``)."""
     from pipeline import spectrogram as sg
 
-    overwrite = {"overwrite": True} if hasattr(sg, "smooth_and_zoom") else {}  # the seed's API has none
+    overwrite = {"overwrite": True} if hasattr(sg, "smooth_and_zoom") else {}  # the reference system's API has none
     times = {}
     times["frame_power"], power = _cpu(sg.frame_power, x, rate, settings, repeat=repeat)
     times["log_scale"], log_spec = _cpu(

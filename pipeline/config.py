@@ -1,4 +1,4 @@
-"""Typed settings with the seed's defaults, loadable from a TOML file, with a stable fingerprint.
+"""Typed settings with the reference system's defaults, loadable from a TOML file, with a stable fingerprint.
 
 Every setting that changes a result lives in a frozen dataclass here. A dataclass's
 :meth:`fingerprint` is a short hash of its canonical JSON form (and of a feature version
@@ -29,8 +29,8 @@ from typing import Any, Literal
 #: Bumped whenever the feature code changes what it computes for the same settings.
 FEATURE_VERSION = 1
 
-#: The seed's seven bat groups (Natagora, Belgium), in the order of its integer classes 1..7.
-SEED_SPECIES = ("Barbarg", "Envsp", "Myosp", "Pip35", "Pip50", "Plesp", "Rhisp")
+#: The reference system's seven bat groups (Natagora, Belgium), in the order of its integer classes 1..7.
+REFERENCE_GROUPS = ("Barbarg", "Envsp", "Myosp", "Pip35", "Pip50", "Plesp", "Rhisp")
 
 ChannelPolicy = Literal["each", "first", "mix"]
 CHANNEL_POLICIES: tuple[str, ...] = ("each", "first", "mix")
@@ -108,7 +108,7 @@ class _Settings:
 
 @dataclass(frozen=True)
 class SpectrogramSettings(_Settings):
-    """How a recording becomes the model-ready spectrogram (the seed's numbers by default).
+    """How a recording becomes the model-ready spectrogram (the reference system's numbers by default).
 
     Parameters
     ----------

@@ -219,7 +219,7 @@ def ingest(
     ----------
     audio_dir : folder (searched recursively), fsspec URL, or one WAV file
     cube : path of the zarr store to create or resume
-    settings : spectrogram and ingest settings (the seed's defaults when omitted)
+    settings : spectrogram and ingest settings (the reference system's defaults when omitted)
     cluster : ``None`` (the running Dask client, else a local cluster), ``"local"``, ``"slurm"``
         or a scheduler address; ignored when ``client`` is given
     client : an existing :class:`distributed.Client` to run on

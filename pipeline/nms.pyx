@@ -18,7 +18,7 @@ def peaks_1d(const float[::1] prob, Py_ssize_t radius, float threshold=0.0):
     Parameters
     ----------
     prob : float32 array, C-contiguous, shape (n,)
-    radius : frames on each side that must not exceed the peak (the seed uses 21)
+    radius : frames on each side that must not exceed the peak (the reference system uses 21)
     threshold : minimum probability of a peak
     """
     cdef Py_ssize_t n = prob.shape[0]

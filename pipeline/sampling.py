@@ -1,6 +1,6 @@
 """Training samples: which cube windows a model learns from, and what it should answer.
 
-A model window is ``window_columns`` consecutive cube columns (the seed's 40-frame, 23 ms
+A model window is ``window_columns`` consecutive cube columns (the reference system's 40-frame, 23 ms
 patch zoomed by 0.5: 20 columns) starting at the column of a time::
 
     column_of(t) = floor(t / step + 1e-9)
@@ -9,15 +9,15 @@ where ``step`` is the recording's column step (:meth:`pipeline.config.Spectrogra
 about 1.16 ms). A call at position ``p`` (its start, real seconds) is seen by the window
 starting at ``column_of(p)``.
 
-The seed's sampling, kept here:
+The reference system's sampling, kept here:
 
 * **Positives.** Every annotated call gives three windows, at its position shifted by
-  -1.5, 0 and +1.5 ms (the seed's -15/0/+15 ms in time-expanded x10 audio). Calls of several
+  -1.5, 0 and +1.5 ms (the reference system's -15/0/+15 ms in time-expanded x10 audio). Calls of several
   species at the same position are one *event* whose target is multi-hot.
 * **Negatives.** Three per annotated call, drawn uniformly over the recording, whose start
   lies at least half a window plus the largest shift away from every call.
 
-Where the seed looped forever looking for negatives in a densely annotated recording, the
+Where the reference system looped forever looking for negatives in a densely annotated recording, the
 draws here are bounded (``max_attempts`` per wanted negative, drawn in vectorised batches):
 a recording with no room for negatives gives fewer, or none, and says so by their number.
 
@@ -52,7 +52,7 @@ COLUMN_EPSILON = 1e-9
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How the training windows of annotated recordings are drawn (the seed's numbers).
+    """How the training windows of annotated recordings are drawn (the reference system's numbers).
 
     Parameters
     ----------
@@ -76,7 +76,7 @@ class SamplingSettings:
     def exclusion_s(self, step_s: float) -> float:
         """Least distance (s) between a negative window's start and any call position.
 
-        Half a window plus the largest absolute shift (the seed's rule).
+        Half a window plus the largest absolute shift (the reference system's rule).
         """
         return 0.5 * self.window_columns * step_s + max((abs(s) for s in self.shifts_s), default=0.0)
 
@@ -128,7 +128,7 @@ def call_targets(positions, classes, n_classes: int) -> tuple[np.ndarray, np.nda
 
     Notes
     -----
-    Positions are merged only when exactly equal, which is how the seed's format encodes
+    Positions are merged only when exactly equal, which is how the reference system's format encodes
     simultaneous calls (one entry per species, same position).
     """
     positions = np.asarray(positions, dtype=np.float64).reshape(-1)
@@ -296,7 +296,7 @@ def recording_samples(
     Notes
     -----
     ``negatives_per_call`` negatives are wanted per annotated call (an entry of the
-    annotations), as in the seed, not per event: a moment where three species call at once
+    annotations), as in the reference system, not per event: a moment where three species call at once
     asks for nine.
     """
     starts, targets = positive_windows(calls.positions, calls.classes, n_classes, step_s, n_columns, settings)

@@ -1,6 +1,6 @@
-"""The seed's spectrogram features, as pure functions of (samples, rate, settings).
+"""The reference system's spectrogram features, as pure functions of (samples, rate, settings).
 
-From samples to the model-ready spectrogram, in the seed's order:
+From samples to the model-ready spectrogram, in the reference system's order:
 
 1. :func:`frame_power` - Hann-windowed frames of ``window_s`` with ``overlap``, power
    spectrum, FFT bins ``min_bin..max_bin`` kept (zero where above Nyquist);
@@ -24,7 +24,7 @@ in two streaming passes: :func:`recording_statistics` accumulates them block by 
 smoothing. The result equals that of :func:`spectrogram` on the whole recording (up to
 float32 rounding), which is what lets the cube be built from chunks in parallel.
 
-Difference from the seed, on purpose: the seed zoomed every 260x40 patch separately with a
+Difference from the reference system, on purpose: the reference system zoomed every 260x40 patch separately with a
 spline, so each frame stored its own 2,600 values; here the whole spectrogram is zoomed once
 by block averaging, and a model window is a slice of 20 consecutive columns.
 """
@@ -45,7 +45,7 @@ from pipeline.config import SpectrogramSettings
 #: 500 kHz) stay in cache; 512 is 10-15 % faster than 2048 at 250-500 kHz.
 _FRAMES_PER_BLOCK = 512
 
-#: Samples in [-1, 1] are scaled to 16-bit integer units, as the seed read them, so that the
+#: Samples in [-1, 1] are scaled to 16-bit integer units, as the reference system read them, so that the
 #: log scaling and the activity threshold mean what they meant there, whatever the bit depth.
 INT16_SCALE = 32768.0
 
@@ -117,7 +117,7 @@ def frame_power(samples: np.ndarray, real_rate: float, settings: SpectrogramSett
 def log_scale(
     power: np.ndarray, real_rate: float, settings: SpectrogramSettings, *, overwrite: bool = False
 ) -> np.ndarray:
-    """The seed's log compression of a power spectrogram (float32).
+    """The reference system's log compression of a power spectrogram (float32).
 
     With ``overwrite``, a float32 ``power`` is replaced by the result (saves a copy).
     """

@@ -1,6 +1,6 @@
 """Hyperparameter search with hyperopt's TPE: ``batml tune DATASET --audio DIR --out DIR ...``.
 
-The search spaces are the seed's (:func:`search_space`): a CNN's architecture and training, a
+The search spaces are the reference system's (:func:`search_space`): a CNN's architecture and training, a
 ResNet's training (its architecture is fixed), the hybrids' XGBoost. A point of a space becomes
 a ``networks.csv`` or ``xgboost.csv`` row with :func:`to_params`; the best point is written as
 such a file (:func:`write_params_csv`), which ``batml train --params FILE`` /
@@ -72,7 +72,7 @@ class TuningError(TrainingError):
     """A search that cannot start or gave nothing usable; one line for the user."""
 
 
-# --- the seed's search spaces ----------------------------------------------------------------
+# --- the reference system's search spaces ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ _ADAM = (
     Dimension("batch_size", "steps", 64, 512, 64),
 )
 
-#: The seed's spaces by family: ``"cnn"``, ``"resnet"`` (architecture fixed: training only,
+#: The reference system's spaces by family: ``"cnn"``, ``"resnet"`` (architecture fixed: training only,
 #: with L2 weight decay) and ``"xgboost"``.
 SEARCH_DIMENSIONS: Mapping[str, tuple[Dimension, ...]] = {
     "cnn": (
@@ -178,7 +178,7 @@ def space_family(row_or_stage: str) -> str:
 
 
 def search_space(row_or_stage: str) -> dict:
-    """The seed's hyperopt search space of a network row family or of XGBoost.
+    """The reference system's hyperopt search space of a network row family or of XGBoost.
 
     CNN: extra conv layers 1-3 (``conv_layers`` 2-4, as ``conv_layers`` counts every block),
     dense layers 1-4, filters 16-64 step 8, kernel 2-5, dense units 64-512 step 64, dropout
@@ -920,7 +920,7 @@ def tune_model(
     Parameters
     ----------
     dataset : str or os.PathLike
-        The seed's ``.npz`` or a CSV of calls.
+        The reference system's ``.npz`` or a CSV of calls.
     audio_dir : str or os.PathLike
         Folder of the recordings.
     out_dir : str or os.PathLike

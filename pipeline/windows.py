@@ -220,7 +220,7 @@ class WindowSequence(keras.utils.PyDataset):
     :func:`read_windows` reads about 8,700 windows/s in random order and 32,000 in column
     order; this sequence, whose cache then holds the whole cube, 48,000 (``pool_columns=None``)
     and 90,000 (pooled). A 4-hour cube (192 chunks, 470,000 samples): random order falls to
-    about 300 windows/s (150 chunks decoded per batch), slower than a CPU trains the seed's CNN
+    about 300 windows/s (150 chunks decoded per batch), slower than a CPU trains the reference system's CNN
     (about 1,400 windows/s on two cores); the pooled shuffle reads 46,000 windows/s (8 chunks
     per batch, each decoded once per epoch).
     """

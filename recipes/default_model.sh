@@ -4,7 +4,7 @@
 # Training data: a 20-minute simulated archive (seed 1) plus the three annotated real
 # recordings of ../shared/data/real/annotated (batdetect2 annotations, CC BY-NC 4.0; Myotis
 # mystacinus, Eptesicus serotinus, Rhinolophus ferrumequinum). The XGBoost stage is smaller
-# than the seed's (recipes/default_xgboost.csv: 150 trees of depth 10 instead of 2000 of
+# than the reference system's (recipes/default_xgboost.csv: 150 trees of depth 10 instead of 2000 of
 # depth 15) so that the bundle stays under 5 MB (4.6 MB). The committed bundle was trained with
 # 300 trees, of which the first 150 were kept (the trees of a 150-round run) and re-evaluated.
 #
@@ -23,8 +23,8 @@ epochs_option=()
 mkdir -p "$work/audio/real"
 batml simulate "$work/audio/sim" --minutes "$minutes" --seed 1 -q
 cp "$real"/audio/*.wav "$work/audio/real/"
-# batdetect2's species mapped to the seed's seven groups (batml convert keeps species names)
-python3 -c 'import sys; from pipeline.annotations import convert; convert(sys.argv[1], sys.argv[2], groups="seed")' \
+# batdetect2's species mapped to the reference system's seven groups (batml convert keeps species names)
+python3 -c 'import sys; from pipeline.annotations import convert; convert(sys.argv[1], sys.argv[2], groups="reference")' \
   "$real/anns" "$work/real_calls.csv"
 
 # One CSV of calls for both sources, names relative to $work/audio; the real calls train only.

@@ -1,4 +1,4 @@
-"""Tests of pipeline.io.annotations: the seed's .npz format (safe reading) and the CSV of calls."""
+"""Tests of pipeline.io.annotations: the reference system's .npz format (safe reading) and the CSV of calls."""
 
 import hashlib
 import os
@@ -12,9 +12,9 @@ from pipeline.io.annotations import (
     AnnotationError,
     RecordingCalls,
     read_calls_csv,
-    read_seed_npz,
+    read_reference_npz,
     write_calls_csv,
-    write_seed_npz,
+    write_reference_npz,
 )
 
 
@@ -48,12 +48,12 @@ def _assert_same(read, expected):
 
 def test_seed_npz_round_trip_safe_and_with_plain_numpy(tmp_path):
     train, test = _recordings()
-    path = write_seed_npz(tmp_path / "ann.npz", train, test)
-    dataset = read_seed_npz(path)
+    path = write_reference_npz(tmp_path / "ann.npz", train, test)
+    dataset = read_reference_npz(path)
     assert dataset.has_classes
     _assert_same(dataset.train, train)
     _assert_same(dataset.test, test)
-    # The seed loads it with plain numpy.
+    # The reference system loads it with plain numpy.
     with np.load(path, allow_pickle=True) as seed:
         assert list(seed["train_files"]) == ["site01/a", "site01/b"]
         np.testing.assert_array_equal(seed["train_pos"][0], [0.1, 0.1, 1.7])
@@ -63,8 +63,8 @@ def test_seed_npz_round_trip_safe_and_with_plain_numpy(tmp_path):
 
 def test_seed_npz_bytes_are_reproducible(tmp_path):
     train, test = _recordings()
-    first = write_seed_npz(tmp_path / "one.npz", train, test).read_bytes()
-    second = write_seed_npz(tmp_path / "two.npz", train, test).read_bytes()
+    first = write_reference_npz(tmp_path / "one.npz", train, test).read_bytes()
+    second = write_reference_npz(tmp_path / "two.npz", train, test).read_bytes()
     assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
     with zipfile.ZipFile(tmp_path / "one.npz") as archive:
         assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
@@ -73,10 +73,10 @@ def test_seed_npz_bytes_are_reproducible(tmp_path):
 
 def test_detection_only_npz(tmp_path):
     train, test = _recordings(with_classes=False)
-    path = write_seed_npz(tmp_path / "det.npz", train, test)
+    path = write_reference_npz(tmp_path / "det.npz", train, test)
     with np.load(path, allow_pickle=True) as seed:
         assert "train_class" not in seed.files
-    dataset = read_seed_npz(path)
+    dataset = read_reference_npz(path)
     assert not dataset.has_classes
     _assert_same(dataset.train, train)
 
@@ -85,7 +85,7 @@ def test_mixed_classes_are_refused_on_write(tmp_path):
     train, _ = _recordings()
     _, test = _recordings(with_classes=False)
     with pytest.raises(ValueError, match="every recording"):
-        write_seed_npz(tmp_path / "x.npz", train, test)
+        write_reference_npz(tmp_path / "x.npz", train, test)
 
 
 def test_reads_byte_names_column_positions_and_plain_2d_arrays(tmp_path):
@@ -102,7 +102,7 @@ def test_reads_byte_names_column_positions_and_plain_2d_arrays(tmp_path):
         test_pos=np.array([[0.25, 0.5], [0.1, 0.2]]),
         test_class=np.array([[4, 5], [6, 7]]),
     )
-    dataset = read_seed_npz(path)
+    dataset = read_reference_npz(path)
     assert [r.file for r in dataset.train] == ["rec1", "rec2"]
     np.testing.assert_array_equal(dataset.train[0].positions, [0.5, 0.75])
     np.testing.assert_array_equal(dataset.train[0].classes, [1, 3])
@@ -133,7 +133,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
         test_pos=_ragged([]),
     )
     with pytest.raises(AnnotationError, match=r"holds a pickled (posix|os|nt)\.system") as info:
-        read_seed_npz(path)
+        read_reference_npz(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert "--trust-npz" in str(info.value) and f"batml convert {path}" in str(info.value)
     assert not pwned.exists()
@@ -167,7 +167,7 @@ def test_bad_npz_names_file_and_reason(tmp_path, fields, reason):
     path = tmp_path / "bad.npz"
     np.savez(path, **fields)
     with pytest.raises(AnnotationError, match=reason) as info:
-        read_seed_npz(path)
+        read_reference_npz(path)
     assert str(info.value).startswith(str(path))
     assert "\n" not in str(info.value)
 
@@ -176,10 +176,10 @@ def test_not_a_zip_and_missing_file(tmp_path):
     path = tmp_path / "plain.npz"
     path.write_text("not a zip")
     with pytest.raises(AnnotationError, match="not an .npz") as info:
-        read_seed_npz(path)
+        read_reference_npz(path)
     assert str(path) in str(info.value)
     with pytest.raises(AnnotationError, match="not found"):
-        read_seed_npz(tmp_path / "absent.npz")
+        read_reference_npz(tmp_path / "absent.npz")
 
 
 def test_calls_csv_round_trip_with_class_names(tmp_path):
@@ -220,7 +220,7 @@ def test_write_calls_csv_requires_columns(tmp_path):
 
 
 def test_batdetect2_annotations_of_the_real_recordings(real_data, tmp_path):
-    """The three annotated real recordings: species mapped to the seed's groups, the rest counted."""
+    """The three annotated real recordings: species mapped to the reference system's groups, the rest counted."""
     import json as json_
 
     from pipeline.io.annotations import read_batdetect2
@@ -243,11 +243,11 @@ def test_batdetect2_annotations_of_the_real_recordings(real_data, tmp_path):
 
 def test_seed_npz_converts_to_a_csv_that_reads_back(tmp_path):
     from pipeline.cli import main
-    from pipeline.io.annotations import RecordingCalls, read_calls_csv, write_seed_npz
+    from pipeline.io.annotations import RecordingCalls, read_calls_csv, write_reference_npz
 
     train = [RecordingCalls("a/x", 2.0, np.array([0.1, 0.1, 0.5]), np.array([1, 3, 5]))]
     test = [RecordingCalls("b/y", 1.0, np.array([0.2]), np.array([7]))]
-    write_seed_npz(tmp_path / "d.npz", train, test)
+    write_reference_npz(tmp_path / "d.npz", train, test)
     assert main(["convert", str(tmp_path / "d.npz"), "-o", str(tmp_path / "d.csv"), "-q"]) == 0
     table = read_calls_csv(tmp_path / "d.csv")
     assert table[["file", "split", "position", "class"]].values.tolist() == [

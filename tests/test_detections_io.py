@@ -1,4 +1,4 @@
-"""The detection outputs: parts on disk, readers, the seed's CSV, Raven tables, the report."""
+"""The detection outputs: parts on disk, readers, the reference system's CSV, Raven tables, the report."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pipeline.outputs.parts import (
     write_part,
 )
 from pipeline.outputs.raven import RAVEN_COMBINED_COLUMNS, raven_table_names, write_raven
-from pipeline.outputs.reference_csv import recording_label, write_seed_csv
+from pipeline.outputs.reference_csv import recording_label, write_reference_csv
 from pipeline.outputs.report import calls_per_class, write_report
 
 CLASSES = ["Pip", "Nyc", "Myo"]
@@ -238,7 +238,7 @@ def test_readers_of_a_run_without_parts(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The seed's CSV
+# The reference system's CSV
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def hand_run(tmp_path):
 
 def test_seed_csv_rows_and_header(hand_run):
     out, thresholds = hand_run
-    path = write_seed_csv(out, CLASSES, thresholds)
+    path = write_reference_csv(out, CLASSES, thresholds)
     assert path == out / "detections.csv"
     lines = path.read_text().splitlines()
     assert lines[0] == "file_name,predicted_time,predicted_species,predicted_prob"
@@ -295,16 +295,16 @@ def test_seed_csv_rows_and_header(hand_run):
 def test_seed_csv_of_a_run_without_events_has_its_header(tmp_path):
     write_part(tmp_path, 0, pd.DataFrame(), classes=CLASSES)
     dest = tmp_path / "elsewhere" / "calls.csv"
-    assert write_seed_csv(tmp_path, CLASSES, None, dest=dest) == dest
+    assert write_reference_csv(tmp_path, CLASSES, None, dest=dest) == dest
     assert dest.read_text() == "file_name,predicted_time,predicted_species,predicted_prob\n"
 
 
 def test_seed_csv_refuses_unknown_thresholds_and_keeps_the_previous_file(hand_run):
     out, thresholds = hand_run
-    write_seed_csv(out, CLASSES, thresholds)
+    write_reference_csv(out, CLASSES, thresholds)
     before = (out / "detections.csv").read_bytes()
     with pytest.raises(ValueError, match="unknown class"):
-        write_seed_csv(out, CLASSES, {"Eptesicus": 0.5})
+        write_reference_csv(out, CLASSES, {"Eptesicus": 0.5})
     assert (out / "detections.csv").read_bytes() == before
     assert _temporaries(out) == []
 
@@ -502,7 +502,7 @@ def test_report_json_round_trip_and_text(tmp_path):
 
 def test_remove_stale_temporaries_of_derived_outputs(hand_run):
     out, thresholds = hand_run
-    write_seed_csv(out, CLASSES, thresholds)
+    write_reference_csv(out, CLASSES, thresholds)
     (out / ".detections.csv.tmp-0a1b2c").write_text("half")
     (out / ".raven.tmp-0a1b2c").mkdir()
     (out / ".raven.tmp-0a1b2c" / "x.Table.1.selections.txt").write_text("half")

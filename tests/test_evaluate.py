@@ -170,7 +170,7 @@ def test_matching_above_a_threshold_is_the_matching_of_those_detections():
 # Event 3 is never detected. Ranked: TP, FP, TP, FP.
 #   precision 1, 1/2, 2/3, 1/2;  recall 1/3, 1/3, 2/3, 2/3 (of 3 events, the missed one too)
 #   AP = (1/3 - 0)(1) + 0 (1/2) + (2/3 - 1/3)(2/3) + 0 (1/2) = 1/3 + 2/9 = 5/9 = 0.5556
-#   The seed's mean of the precisions: (1 + 1/2 + 2/3 + 1/2) / 4 = 2/3 = 0.6667.
+#   The reference system's mean of the precisions: (1 + 1/2 + 2/3 + 1/2) / 4 = 2/3 = 0.6667.
 HAND_CALLS = make_calls([("a", 1.0, 1), ("a", 2.0, 1), ("a", 3.0, 1)])
 HAND_DETECTIONS = make_detections(
     [("a", 1.002, 0.9), ("a", 5.0, 0.8), ("a", 2.001, 0.7), ("a", 1.004, 0.6)]
@@ -187,7 +187,7 @@ def test_detection_average_precision_by_hand():
 
 
 def test_mean_of_precisions_is_not_the_average_precision():
-    # The seed's defect: on the hand case the mean of the precisions is 2/3, the AP 5/9.
+    # The reference system's defect: on the hand case the mean of the precisions is 2/3, the AP 5/9.
     curve = detection_average_precision(HAND_CALLS, HAND_DETECTIONS)
     mean_of_precisions = float(np.mean(curve.precision))
     assert mean_of_precisions == pytest.approx(2 / 3)
@@ -275,7 +275,7 @@ def test_overlapping_calls_count_once_for_detection():
 HAND_THRESHOLDS = {"detection": 0.65, "A": 0.55, "B": 0.75, "C": 0.5}
 
 
-def test_seed_scores_by_hand():
+def test_reference_scores_by_hand():
     calls, detections = per_class_case()
     scores = reference_scores(calls, detections, CLASSES, HAND_THRESHOLDS)
     detection = scores["detection"]

@@ -34,7 +34,7 @@ def test_the_annotated_real_recordings_keep_species_names(real_data):
 
 
 def test_the_seed_groups_on_request(real_data):
-    grouped = read_batdetect2(real_data / "annotated" / "anns", groups="seed")
+    grouped = read_batdetect2(real_data / "annotated" / "anns", groups="reference")
     assert grouped.classes == ["Barbarg", "Envsp", "Myosp", "Pip35", "Pip50", "Plesp", "Rhisp"]
     assert grouped.calls["class"].value_counts().to_dict() == {"Myosp": 11, "Rhisp": 5, "Envsp": 4}
     mine = read_batdetect2(real_data / "annotated" / "anns", groups={"Myotis mystacinus": "Myotis"})

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.annotations import FORMATS, AnnotationError, detect_format, read_annotations, read_csv
 from pipeline.cli import main
-from pipeline.io.annotations import RecordingCalls, write_seed_npz
+from pipeline.io.annotations import RecordingCalls, write_reference_npz
 
 RAVEN = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies\n" \
         "1\tSpectrogram 1\t1\t1.5\t1.6\t4000\t6000\tPipistrellus kuhlii\n"  # fmt: skip
@@ -21,7 +21,7 @@ RAVEN = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\t
 def sources(tmp_path):
     """One small file or folder of each format."""
     out = {}
-    out["npz"] = write_seed_npz(tmp_path / "seed.npz", [RecordingCalls("a", 1.0, np.array([0.1]), np.array([2]))], [])
+    out["npz"] = write_reference_npz(tmp_path / "seed.npz", [RecordingCalls("a", 1.0, np.array([0.1]), np.array([2]))], [])
     out["csv"] = tmp_path / "calls.csv"
     out["csv"].write_text("file,position\na,0.1\n", encoding="utf-8")
     out["aoef"] = tmp_path / "whombat export.json"
@@ -52,7 +52,7 @@ def test_every_format_is_detected(sources):
 
 def test_undetectable_inputs_say_what_was_expected(tmp_path, sources):
     (tmp_path / "notes.txt").write_text("some notes\n")
-    with pytest.raises(AnnotationError, match=r"notes\.txt: cannot tell the annotation format; expected a seed \.npz"):
+    with pytest.raises(AnnotationError, match=r"notes\.txt: cannot tell the annotation format; expected a reference-system \.npz"):
         detect_format(tmp_path / "notes.txt")
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(AnnotationError, match="neither AOEF .* nor batdetect2"):

@@ -1,4 +1,4 @@
-"""batml's CSV of calls (class optional), the seed's .npz, and conversion to CSV and back."""
+"""batml's CSV of calls (class optional), the reference system's .npz, and conversion to CSV and back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.annotations import AnnotationError, convert, read_annotations, read_csv, read_npz, write_calls_csv
-from pipeline.io.annotations import RecordingCalls, write_seed_npz
+from pipeline.io.annotations import RecordingCalls, write_reference_npz
 
 SEVEN = ["Barbarg", "Envsp", "Myosp", "Pip35", "Pip50", "Plesp", "Rhisp"]
 
@@ -69,7 +69,7 @@ def test_npz_classes_windows_and_names(tmp_path):
     train = [RecordingCalls("a/x", 2.0, np.array([0.1, 0.1, 0.5]), np.array([1, 3, 5])),
              RecordingCalls("a/silent", 3.0, np.array([]), np.array([], dtype=int))]  # fmt: skip
     test = [RecordingCalls("b/y", 1.0, np.array([0.2]), np.array([7]))]
-    path = write_seed_npz(tmp_path / "d.npz", train, test)
+    path = write_reference_npz(tmp_path / "d.npz", train, test)
     annotated = read_npz(path)
     assert annotated.classes == SEVEN
     assert annotated.calls[["file", "position", "class", "split"]].values.tolist() == [
@@ -81,7 +81,7 @@ def test_npz_classes_windows_and_names(tmp_path):
                                                  ["b/y", 0.0, 1.0, "test"]]  # fmt: skip
     names = [f"Clase {k}" for k in range(1, 8)]
     assert read_npz(path, class_names=names).calls["class"].tolist()[0] == "Clase 1"
-    detection = write_seed_npz(tmp_path / "det.npz", [RecordingCalls("a", 1.0, np.array([0.3]), None)], [])
+    detection = write_reference_npz(tmp_path / "det.npz", [RecordingCalls("a", 1.0, np.array([0.3]), None)], [])
     only = read_npz(detection)
     assert only.calls["class"].isna().all() and only.classes is None
     with pytest.raises(AnnotationError, match="class outside 1..2"):
@@ -100,7 +100,7 @@ def _aoef(tmp_path):
 def test_convert_to_csv_and_back_gives_the_same_set(tmp_path, source):
     if source == "npz":
         train = [RecordingCalls("a/x", 2.0, np.array([0.1, 0.1, 1 / 3]), np.array([1, 3, 5]))]
-        path = write_seed_npz(tmp_path / "d.npz", train, [RecordingCalls("b/y", 1.0, np.array([0.2]), np.array([7]))])
+        path = write_reference_npz(tmp_path / "d.npz", train, [RecordingCalls("b/y", 1.0, np.array([0.2]), np.array([7]))])
     elif source == "aoef":
         path = _aoef(tmp_path)
     elif source == "raven":
@@ -127,7 +127,7 @@ def test_convert_to_csv_and_back_gives_the_same_set(tmp_path, source):
 
 def test_write_calls_csv_removes_stale_sidecars_and_checks_tables(tmp_path):
     out = tmp_path / "calls.csv"
-    npz = write_seed_npz(tmp_path / "d.npz", [RecordingCalls("a", 1.0, np.array([0.1]), np.array([2]))], [])
+    npz = write_reference_npz(tmp_path / "d.npz", [RecordingCalls("a", 1.0, np.array([0.1]), np.array([2]))], [])
     convert(npz, out)
     assert (tmp_path / "calls.windows.csv").exists() and (tmp_path / "calls.classes.txt").exists()
     convert(_write(tmp_path / "plain.csv", "file,position\nb,0.5\n"), out)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 NETWORK_ROWS = ("cnn_8", "cnn_2", "cnn_7", "resnet_8", "resnet_2", "resnet_7")
 PATCHES = np.random.default_rng(0).random((4, 130, 20, 1), dtype=np.float32)
 
-# Hand arithmetic of the seed's CNNs on a 130x20x1 patch (weights + biases):
+# Hand arithmetic of the reference system's CNNs on a 130x20x1 patch (weights + biases):
 # cnn_8: 3 conv 4x4x48 -> 16x2x48 = 1536 -> 320 -> 8
 CNN_8_PARAMS = (16 * 1 * 48 + 48) + 2 * (16 * 48 * 48 + 48) + (1536 * 320 + 320) + (320 * 8 + 8)
 # cnn_2: 4 conv 3x3x48 -> 8x1x48 = 384 -> 384 -> 2

@@ -26,7 +26,7 @@ import pytest
 from pipeline.annotations.dataset import read_dataset
 from pipeline.annotations.matching import unsafe_name, usable_annotations
 from pipeline.cli import main
-from pipeline.io.annotations import AnnotationError, read_seed_npz
+from pipeline.io.annotations import AnnotationError, read_reference_npz
 from pipeline.io.cube import open_cube
 from pipeline.model.bundle import BundleError, load_bundle
 from pipeline.model.predictor import Predictor
@@ -179,11 +179,11 @@ def test_evaluate_lists_the_recordings_it_leaves_out(lab, tmp_path, capsys):
 
     import pandas as pd
 
-    from pipeline.io.annotations import seed_npz_to_calls
+    from pipeline.io.annotations import reference_npz_to_calls
 
     model = tmp_path / "model"
     shutil.copytree(lab.reference, model)
-    calls = seed_npz_to_calls(read_seed_npz(lab.archive.annotations_npz))
+    calls = reference_npz_to_calls(read_reference_npz(lab.archive.annotations_npz))
     names = ["odd/link_out", "../escape", "nowhere/missing"]
     extra = pd.DataFrame({"file": names, "split": "test", "position": 0.05, "class": 1, "duration": 0.1})
     clean, dirty = tmp_path / "clean.csv", tmp_path / "dirty.csv"
@@ -245,7 +245,7 @@ def test_malicious_npz_never_runs_without_the_flag(lab, tmp_path, capsys, comman
     assert not pwned.exists() and not (tmp_path / "m").exists() and not (tmp_path / "calls.csv").exists()
     # The payload is live: trusting the file runs it (what the flag is for: your own files only).
     with pytest.raises(AnnotationError):
-        read_seed_npz(evil, trust=True)
+        read_reference_npz(evil, trust=True)
     assert pwned.read_text() == "pwned"
 
 
@@ -253,13 +253,13 @@ def test_malicious_npz_never_runs_without_the_flag(lab, tmp_path, capsys, comman
 def test_npz_object_arrays_of_anything_but_numbers_are_one_line(tmp_path, item):
     path = _npz_with(tmp_path / "odd.npz", [item])
     with pytest.raises(AnnotationError) as caught:
-        read_seed_npz(path)
+        read_reference_npz(path)
     assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
 
 
 def test_seed_npz_object_arrays_of_plain_arrays_need_no_flag(tmp_path):
     path = _npz_with(tmp_path / "seed.npz", [np.array([0.1, 0.2])])
-    np.testing.assert_array_equal(read_seed_npz(path).train[0].positions, [0.1, 0.2])
+    np.testing.assert_array_equal(read_reference_npz(path).train[0].positions, [0.1, 0.2])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import zarr
 from pipeline.annotations.matching import match_recordings
 from pipeline.config import IngestSettings, Settings, SpectrogramSettings
 from pipeline.ingestion import ingest
-from pipeline.io.annotations import RecordingCalls, read_seed_npz
+from pipeline.io.annotations import RecordingCalls, read_reference_npz
 from pipeline.io.cube import open_cube
 from pipeline.sampling import (
     Samples,
@@ -43,7 +43,7 @@ def annotated_cube(tmp_path_factory, client):
     path = tmp / "night.zarr"
     ingest(archive.root, path, settings=Settings(ingest=IngestSettings(chunk_columns=256)), client=client,
            progress=False)
-    dataset = read_seed_npz(archive.annotations_npz)
+    dataset = read_reference_npz(archive.annotations_npz)
     return archive, path, open_cube(path), dataset.train + dataset.test
 
 

@@ -12,8 +12,8 @@ import pytest
 import scipy.fft
 import soundfile
 
-from pipeline.config import SEED_SPECIES
-from pipeline.io.annotations import read_seed_npz
+from pipeline.config import REFERENCE_GROUPS
+from pipeline.io.annotations import read_reference_npz
 from pipeline.simulation import (
     SPECIES_MODELS,
     draw_calls,
@@ -106,7 +106,7 @@ def test_guano_chunk_and_time_expansion(archive):
 
 
 def test_npz_round_trips_safely_and_with_plain_numpy(archive, calls_table):
-    dataset = read_seed_npz(archive.annotations_npz)
+    dataset = read_reference_npz(archive.annotations_npz)
     recordings = dataset.train + dataset.test
     assert dataset.has_classes
     assert sorted(f"{r.file}.wav" for r in recordings) == archive.files
@@ -128,19 +128,19 @@ def test_npz_round_trips_safely_and_with_plain_numpy(archive, calls_table):
 
 
 def test_positions_lie_within_recordings_and_classes_match_groups(archive, calls_table):
-    durations = {r.file: r.duration for s in (read_seed_npz(archive.annotations_npz),) for r in s.train + s.test}
+    durations = {r.file: r.duration for s in (read_reference_npz(archive.annotations_npz),) for r in s.train + s.test}
     assert (calls_table["position"] >= 0).all()
     assert (calls_table["end"] <= calls_table["file"].map(durations) + 1e-12).all()
     assert (calls_table["end"] > calls_table["position"]).all()
     np.testing.assert_allclose(calls_table["call_duration"], calls_table["end"] - calls_table["position"], atol=1e-12)
     # ``duration`` is the recording's, as `batml train` reads a CSV of calls
     np.testing.assert_allclose(calls_table["duration"], calls_table["file"].map(durations), rtol=1e-12)
-    assert (calls_table["species_group"] == [SEED_SPECIES[c - 1] for c in calls_table["class"]]).all()
+    assert (calls_table["species_group"] == [REFERENCE_GROUPS[c - 1] for c in calls_table["class"]]).all()
     assert (calls_table["low_freq"] < calls_table["high_freq"]).all()
 
 
 def test_empty_files_exist(archive):
-    dataset = read_seed_npz(archive.annotations_npz)
+    dataset = read_reference_npz(archive.annotations_npz)
     counts = [r.positions.size for r in dataset.train + dataset.test]
     assert counts.count(0) == round(0.25 * len(counts))
     assert max(counts) > 0
@@ -158,16 +158,16 @@ def test_multi_bat_scenes_share_positions_across_classes(tmp_path):
 def test_every_group_is_drawn(tmp_path):
     # Structurally: every group has a species that fits the lowest default rate, and the scene
     # drawer reaches them all.
-    assert {m.label for m in eligible_species(min(RATES))} == set(range(1, len(SEED_SPECIES) + 1))
+    assert {m.label for m in eligible_species(min(RATES))} == set(range(1, len(REFERENCE_GROUPS) + 1))
     drawn = {
         call.species.label
         for seed in range(60)
         for call in draw_calls(250_000, 250_000, 1, 1e-3, np.random.default_rng(seed))
     }
-    assert drawn == set(range(1, len(SEED_SPECIES) + 1))
+    assert drawn == set(range(1, len(REFERENCE_GROUPS) + 1))
     # And a 3-minute archive holds them all (for this seed).
     archive = simulate_archive(tmp_path, minutes=3, seed=1)
-    assert set(pd.read_csv(archive.annotations_csv)["class"]) == set(range(1, len(SEED_SPECIES) + 1))
+    assert set(pd.read_csv(archive.annotations_csv)["class"]) == set(range(1, len(REFERENCE_GROUPS) + 1))
 
 
 def test_same_seed_same_bytes_different_seed_different(tmp_path):

@@ -17,7 +17,7 @@ import scipy.signal
 import soundfile
 
 from pipeline.cli import build_parser, main
-from pipeline.config import SEED_SPECIES
+from pipeline.config import REFERENCE_GROUPS
 from pipeline.simulation import (
     CSV_COLUMNS,
     EVENTS,
@@ -138,7 +138,7 @@ def test_varied_archive_labels_class_and_event(varied):
     table = pd.read_csv(varied.annotations_csv)
     assert tuple(table.columns) == CSV_COLUMNS
     assert set(table["event"]) == set(EVENTS)
-    assert set(table["class"]) <= set(SEED_SPECIES) | {"bat"} and "bat" in set(table["class"])
+    assert set(table["class"]) <= set(REFERENCE_GROUPS) | {"bat"} and "bat" in set(table["class"])
     assert (table["class"] == table["species_group"]).all()
     assert (table["end"] > table["position"]).all() and (table["low_freq"] < table["high_freq"]).all()
     assert varied.annotations_npz is None and not (varied.root / "annotations.npz").exists()

@@ -28,7 +28,7 @@ def noisy_recording(rate, seconds=1.0, seed=0, calls=((0.2, 45_000.0),), burst=N
 
 
 def naive_seed_features(x, rate):
-    """A literal, loop-based restatement of the seed's recipe (SEED.md), in float64."""
+    """A literal, loop-based restatement of the reference system's recipe (SEED.md), in float64."""
     nfft = int(0.002322 * rate)
     step = nfft - int(0.75 * nfft)
     window = np.hanning(nfft)

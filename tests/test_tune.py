@@ -1,4 +1,4 @@
-"""Hyperparameter search: the seed's spaces, parameter files of the best point, and a TPE search
+"""Hyperparameter search: the reference system's spaces, parameter files of the best point, and a TPE search
 whose JSON trials survive an interruption and resume where it stopped."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import zarr
 
 from pipeline.config import IngestSettings, Settings
 from pipeline.ingestion import ingest
-from pipeline.io.annotations import read_seed_npz
+from pipeline.io.annotations import read_reference_npz
 from pipeline.io.cube import open_cube
 from pipeline.sampling import SamplingSettings, build_samples
 from pipeline.simulation import simulate_archive
@@ -33,7 +33,7 @@ def cube_path(tmp_path_factory, client):
 @pytest.fixture(scope="module")
 def samples(cube_path):
     path, archive = cube_path
-    dataset = read_seed_npz(archive.annotations_npz)
+    dataset = read_reference_npz(archive.annotations_npz)
     samples, problems = build_samples(dataset.train + dataset.test, open_cube(path), K, SamplingSettings(), seed=0)
     assert problems == []
     return samples

@@ -17,7 +17,7 @@ format         reader                                    what it reads
 ``soundclass`` :func:`~.soundclass.read_soundclass`      soundClass's SQLite ``labels`` table
 ``batdetect2`` :func:`~.batdetect2.read_batdetect2`      batdetect2's ``<recording>.wav.json`` files
 ``csv``        :func:`~.csv.read_csv`                    batml's CSV of calls
-``npz``        :func:`~.npz.read_npz`                    the seed's ``.npz``
+``npz``        :func:`~.npz.read_npz`                    the reference system's ``.npz``
 ============== ========================================= ===========================================
 
 :func:`read_annotations` finds the format of a path (:func:`detect_format`) and calls its
@@ -62,7 +62,7 @@ OPTION_ALIASES: dict[str, dict[str, str]] = {
 }
 
 EXPECTED = (
-    "a seed .npz, a CSV of calls (.csv), an AOEF/Whombat .json, a batdetect2 .json or a folder of them, "
+    "a reference-system .npz, a CSV of calls (.csv), an AOEF/Whombat .json, a batdetect2 .json or a folder of them, "
     "a Raven selection table (.txt) or a folder of them, a Tadarida folder (eti/ and txt/) or .eti file, "
     "or a soundClass SQLite database"
 )

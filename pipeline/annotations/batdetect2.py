@@ -18,7 +18,7 @@ three hand-edited files of ``../shared/data/real/annotated/anns``):
   ``time_exp`` again; the files at hand all have ``time_exp`` 1.)
 
 Classes are kept as written (``Bat``/``Unknown`` -> detection only). The seven groups of the
-seed (``pipeline/io/species_groups.csv``) are an option: ``groups="seed"``.
+reference system (``pipeline/io/species_groups.csv``) are an option: ``groups="reference"``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pipeline.annotations.table import (
     to_real_time,
     validate_calls,
 )
-from pipeline.config import SEED_SPECIES
+from pipeline.config import REFERENCE_GROUPS
 from pipeline.io.annotations import AnnotationError, species_groups
 
 
@@ -47,8 +47,8 @@ def _groups(groups) -> tuple[dict[str, str] | None, list[str] | None]:
     """The species -> class mapping asked for, and the class order it declares."""
     if groups is None:
         return None, None
-    if isinstance(groups, str) and groups == "seed":
-        return species_groups(), list(SEED_SPECIES)
+    if isinstance(groups, str) and groups == "reference":
+        return species_groups(), list(REFERENCE_GROUPS)
     if isinstance(groups, Mapping):
         mapping = {str(k): str(v) for k, v in groups.items()}
         return mapping, list(dict.fromkeys(mapping.values()))
@@ -100,9 +100,9 @@ def read_batdetect2(
     time_expansion : float
         Extra factor by which the stored times are slowed down; 1 (default): they are real,
         as batdetect2 writes them (see the module's notes).
-    groups : "seed", mapping, path or None
-        None (default): classes are the species as written. ``"seed"``: species mapped to the
-        seed's seven groups (``pipeline/io/species_groups.csv``), classes in the seed's order.
+    groups : "reference", mapping, path or None
+        None (default): classes are the species as written. ``"reference"``: species mapped to the
+        reference system's seven groups (``pipeline/io/species_groups.csv``), classes in the reference system's order.
         A mapping or a CSV with columns ``species,group``: that mapping. A species the mapping
         lacks becomes a detection-only call (listed in ``skipped``).
     include_unannotated : bool

@@ -12,7 +12,7 @@ The format batml writes (:func:`write_calls_csv`, ``batml convert``) and reads:
   ``duration`` (of the recording, s). Empty cells are missing values.
 - Integer classes: when every class is an integer, they are classes 1..K, named by a names file
   (``class_names=``, or ``<name>.classes.txt`` beside the CSV) or, for 1..7 without one, the
-  seed's seven groups (Barbarg, Envsp, Myosp, Pip35, Pip50, Plesp, Rhisp); above 7 without names
+  reference system's seven groups (Barbarg, Envsp, Myosp, Pip35, Pip50, Plesp, Rhisp); above 7 without names
   they are named by their number. The older form mixing integers 1..7 and group names reads as
   before (the integers are groups).
 - Sidecar files written by :func:`write_calls_csv` for an :class:`AnnotationSet`:
@@ -44,7 +44,7 @@ from pipeline.annotations.table import (
     validate_calls,
     validate_windows,
 )
-from pipeline.config import SEED_SPECIES
+from pipeline.config import REFERENCE_GROUPS
 from pipeline.files import atomic_path
 from pipeline.io.annotations import AnnotationError
 
@@ -99,10 +99,10 @@ def _classes(values: pd.Series, names: list[str] | None, where: list[str]) -> tu
     if names is not None and all(v in names for v in given):
         return list(values), names
     if given and all(_INTEGER.match(v) for v in given):
-        return class_names_from(values, names, where=where, default=SEED_SPECIES)
-    if given and any(_INTEGER.match(v) for v in given) and all(_INTEGER.match(v) or v.strip() in SEED_SPECIES for v in given):
-        mapped = [str(SEED_SPECIES.index(v.strip()) + 1) if v.strip() in SEED_SPECIES else v for v in values]
-        return class_names_from(mapped, None, where=where, default=SEED_SPECIES)
+        return class_names_from(values, names, where=where, default=REFERENCE_GROUPS)
+    if given and any(_INTEGER.match(v) for v in given) and all(_INTEGER.match(v) or v.strip() in REFERENCE_GROUPS for v in given):
+        mapped = [str(REFERENCE_GROUPS.index(v.strip()) + 1) if v.strip() in REFERENCE_GROUPS else v for v in values]
+        return class_names_from(mapped, None, where=where, default=REFERENCE_GROUPS)
     return list(values), names
 
 

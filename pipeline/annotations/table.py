@@ -402,7 +402,7 @@ class AnnotationSet:
         ``split``); outside them nothing is known. None: every recording listed in ``calls``
         was annotated whole.
     classes : list of str or None
-        The class order the source declares (a names file, the seed's seven groups, a
+        The class order the source declares (a names file, the reference system's seven groups, a
         project's tag list); None when the source declares none.
     source : str
         The format's name (``"raven"``, ``"aoef"``, ``"tadarida"``...).
@@ -482,7 +482,7 @@ def class_names_from(labels: Iterable, names: Sequence[str] | None, *, where: Se
     where : sequence of str
         Where each row is, for messages.
     default : sequence of str
-        The default names (the seed's seven groups).
+        The default names (the reference system's seven groups).
 
     Returns
     -------

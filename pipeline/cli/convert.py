@@ -38,7 +38,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "  batml convert whombat_project.json -o calls.csv           # soundevent / AOEF\n"
         "  batml convert RSDB_sample/ -o calls.csv                   # Tadarida eti/ + txt/\n"
         "  batml convert demo_db.sqlite3 -o calls.csv --time-expansion 10   # soundClass",
-        help="convert annotations (Raven, AOEF/Whombat, Tadarida, soundClass, batdetect2, seed .npz, CSV) to a CSV of calls",
+        help="convert annotations (Raven, AOEF/Whombat, Tadarida, soundClass, batdetect2, reference-system .npz, CSV) to a CSV of calls",
         description="Write a CSV of calls (file, position, end, low_freq, high_freq, class, event, split, duration; "
         "times in real seconds) that 'batml train' reads, from any supported annotation format. Annotated windows "
         "(AOEF clips, whole annotated files) go to CALLS.windows.csv and a declared class order to CALLS.classes.txt "

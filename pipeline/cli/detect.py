@@ -69,7 +69,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="detect bat calls and their species in an archive of recordings (or a cube)",
         description="Build (or reuse) the spectrogram cube of the recordings, run the model over it on a Dask "
         "cluster and write every detected call with its species probabilities: OUT_DIR/detections.parquet "
-        "(one row per call), the seed's CSV (detections.csv: one row per call and species above its "
+        "(one row per call), the reference system's CSV (detections.csv: one row per call and species above its "
         "threshold), Raven Pro selection tables (OUT_DIR/raven/) and a run report (report.json, report.txt). "
         "Run the same command again after a crash or Ctrl-C: finished chunks are kept.",
         epilog="Examples:\n  batml detect /data/night-2026-06-12 --out results/night-2026-06-12\n"

@@ -39,7 +39,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         epilog="Examples:\n  batml evaluate models/hybrid sim/annotations.npz --audio sim\n  batml evaluate models/hybrid calls.csv --audio /data/labelled --json > scores.json",
         help="evaluate a model bundle on the test split of annotated recordings",
         description="Detection AP (area under the precision-recall curve), per-class AP and mAP, the "
-        "seed's precision/recall/F1 at the tuned thresholds (calls matched within 10 ms), and "
+        "reference system's precision/recall/F1 at the tuned thresholds (calls matched within 10 ms), and "
         "multi-label scores on overlapping calls. Also written next to the model.",
     )
     p.add_argument("model", type=Path, metavar="MODEL_DIR", help="a model bundle written by 'batml train'")

@@ -184,10 +184,10 @@ def register(sub, common: argparse.ArgumentParser) -> None:
              f"models/hybrid sim/annotations.npz --audio sim --split test -o {name}.png"],
         )  # fmt: skip
         k.add_argument("model", type=Path, nargs="?", metavar="MODEL_DIR", help="a model bundle to run on the annotated recordings")
-        k.add_argument("dataset", nargs="?", metavar="DATASET", help="with MODEL_DIR: the annotations (seed .npz or CSV of calls)")
+        k.add_argument("dataset", nargs="?", metavar="DATASET", help="with MODEL_DIR: the annotations (reference-system .npz or CSV of calls)")
         k.add_argument("--audio", metavar="AUDIO_DIR", help="with MODEL_DIR: folder of the annotated recordings")
         k.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="with MODEL_DIR: spectrogram cube to reuse")
-        k.add_argument("--calls", metavar="DATASET", help="annotated calls: a seed .npz or a CSV of calls")
+        k.add_argument("--calls", metavar="DATASET", help="annotated calls: a reference-system .npz or a CSV of calls")
         k.add_argument("--detections", type=Path, metavar="OUT_DIR", help="output folder of 'batml detect' on those recordings")
         k.add_argument(
             "--split", choices=("train", "test", "all"), default=None,

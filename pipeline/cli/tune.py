@@ -54,7 +54,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         name="tune",
         epilog="Examples:\n  batml tune sim/annotations.npz --audio sim --model-type hybrid_cnn_xgboost --out tuning --budget 2h\n  batml train sim/annotations.npz --audio sim --out models/tuned --params tuning/best_networks.csv --xgboost-params tuning/best_xgboost.csv",
         help="search a model's hyperparameters with hyperopt (TPE); resumable",
-        description="Search the hyperparameters of a model (the seed's search spaces for the CNN, "
+        description="Search the hyperparameters of a model (the reference system's search spaces for the CNN, "
         "ResNet and XGBoost stages) with hyperopt's TPE, training on part of the train split and "
         "scoring detection AP on held-out recordings. Every trial is saved to OUT_DIR/trials.json "
         "(JSON) as soon as it ends: running the same command again continues the search. The best "

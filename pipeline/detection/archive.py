@@ -12,7 +12,7 @@ Steps, each one line in :func:`detect_archive`:
    never shipped in tasks), then detect every unfinished chunk of the cube (one task per
    chunk, a bounded number in flight); each task writes its chunk's events as one part of
    ``OUT/detections.parquet/``, atomically: a part that exists is a finished chunk;
-5. write the derived outputs from the parts (the seed's CSV, Raven selection tables) and the
+5. write the derived outputs from the parts (the reference system's CSV, Raven selection tables) and the
    run report.
 
 Running the same command again resumes: only the chunks without a part are detected, and
@@ -46,7 +46,7 @@ from pipeline.model.bundle import DEFAULT_BUNDLE as DEFAULT_MODEL
 from pipeline.outputs.folder import parts_directory, remove_stale_temporaries
 from pipeline.outputs.parts import finished_parts, iter_parts, write_part
 from pipeline.outputs.raven import write_raven
-from pipeline.outputs.reference_csv import write_seed_csv
+from pipeline.outputs.reference_csv import write_reference_csv
 from pipeline.outputs.report import calls_per_class, report_text, write_report
 
 #: The run's journal folder inside OUT_DIR.
@@ -409,7 +409,7 @@ def _write_outputs(report: DetectReport, out: Path, bundle, thresholds, settings
     spec = bundle.spectrogram
     report.outputs["parquet"] = str(parts_directory(out))
     if "csv" in settings.formats:
-        report.outputs["csv"] = str(write_seed_csv(out, bundle.classes, thresholds))
+        report.outputs["csv"] = str(write_reference_csv(out, bundle.classes, thresholds))
     if "raven" in settings.formats:
         frequencies = np.asarray(spec.frequencies())
         tables = write_raven(

@@ -36,12 +36,12 @@ from pipeline.detection.schema import probability_column, threshold_values
 from pipeline.detection.scoring import call_score
 from pipeline.nms import peaks_1d
 
-#: Standard deviation (columns) of the smoothing of the probabilities: the seed smoothed
+#: Standard deviation (columns) of the smoothing of the probabilities: the reference system smoothed
 #: with sigma ~1 frame, and a column is 2 frames.
 SMOOTHING_SIGMA_COLUMNS = 0.5
 
 
-#: Columns on each side of a peak that must not exceed it: the seed's +-21 frames (12 ms)
+#: Columns on each side of a peak that must not exceed it: the reference system's +-21 frames (12 ms)
 #: are 10.5 columns.
 NMS_RADIUS_COLUMNS = 10
 
@@ -65,7 +65,7 @@ def smooth_probabilities(probs: np.ndarray, sigma_columns: float = SMOOTHING_SIG
     probs : array, shape (n_columns, K + 1)
         Per-column probabilities (:func:`column_probabilities`).
     sigma_columns : float
-        Standard deviation in columns; the seed's sigma of about one frame is 0.5 column.
+        Standard deviation in columns; the reference system's sigma of about one frame is 0.5 column.
         0 returns an unsmoothed copy.
 
     Returns
@@ -127,7 +127,7 @@ def find_detections(
         ``"detection"``: the smallest call score of an event (0.5 when missing); the class
         thresholds are not used here (see :func:`species_rows`).
     radius_columns : int
-        Columns on each side of a peak that must not exceed it (10: the seed's +-21 frames).
+        Columns on each side of a peak that must not exceed it (10: the reference system's +-21 frames).
 
     Returns
     -------
@@ -147,7 +147,7 @@ def find_detections(
     detected at the higher one: :func:`pipeline.evaluation.thresholds.tune_thresholds` can tune the
     detection threshold on one low-threshold run.
 
-    Unlike the seed, which ran the NMS per class (:func:`find_class_peaks`), each call
+    Unlike the reference system, which ran the NMS per class (:func:`find_class_peaks`), each call
     moment is one event, whatever its species: detection is class-agnostic and the event
     carries every class probability (multi-label), and one call is never reported at
     slightly different times for different classes.
@@ -179,7 +179,7 @@ def find_class_peaks(
     thresholds: Mapping[str, float] | None = None,
     radius_columns: int = NMS_RADIUS_COLUMNS,
 ) -> pd.DataFrame:
-    """The seed's detections: non-maximum suppression on each class separately.
+    """The reference system's detections: non-maximum suppression on each class separately.
 
     Parameters
     ----------
@@ -197,7 +197,7 @@ def find_class_peaks(
 
     Notes
     -----
-    The seed's rule: a column is a peak of class ``k`` when no column within
+    The reference system's rule: a column is a peak of class ``k`` when no column within
     ``radius_columns`` on either side has a greater probability of ``k`` (of equal columns,
     the first); the peak is kept when its probability exceeds the not-call probability at
     that column and reaches the threshold of ``k``. One call often gives peaks of several

@@ -230,7 +230,7 @@ def detect_columns(
     a peak's NMS window within the block depends on, and the ends of the halo that are not
     ends of the recording are at least a halo away from the owned columns; so every peak is
     found exactly as on the whole recording, by the one block that owns its column, even on
-    a block border. Unlike the seed (0.4 s chunks, no NMS across them), no call near a border
+    a block border. Unlike the reference system (0.4 s chunks, no NMS across them), no call near a border
     is lost or reported twice.
     """
     n_columns, width = int(n_columns), int(width)

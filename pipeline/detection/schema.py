@@ -183,7 +183,7 @@ def species_rows(
     *,
     file_name: str | None = None,
 ) -> pd.DataFrame:
-    """The seed's output: one row per (event, species whose probability reaches its threshold).
+    """The reference system's output: one row per (event, species whose probability reaches its threshold).
 
     Parameters
     ----------

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: The seed's matching tolerance: a detection within 10 ms (real time) of a call finds it.
+#: The reference system's matching tolerance: a detection within 10 ms (real time) of a call finds it.
 DEFAULT_TOLERANCE = 0.010
 
 

@@ -130,7 +130,7 @@ def precision_recall_curve(scores, is_true, n_positives: int | None = None) -> P
     ``average_precision_score``: no interpolation (taking the best precision at a larger
     recall) and no trapezoids, which are optimistic. Positives never predicted keep the
     recall below 1, so they lower the AP. This is not the *mean of the precisions*
-    :math:`\\frac{1}{N} \\sum_n P_n` that the seed reported as "average precision": that mean
+    :math:`\\frac{1}{N} \\sum_n P_n` that the reference system reported as "average precision": that mean
     ignores how much recall each prediction adds, and does not see missed positives at all.
     """
     scores = finite_array(scores, "scores").ravel()
@@ -390,7 +390,7 @@ def reference_scores(
     tolerance: float = DEFAULT_TOLERANCE,
     matches: np.ndarray | None = None,
 ) -> dict:
-    """The seed's scores at given thresholds.
+    """The reference system's scores at given thresholds.
 
     Parameters
     ----------
@@ -413,16 +413,16 @@ def reference_scores(
         detections that did not), ``fn`` (events without a kept matching detection),
         ``precision``, ``recall``, ``f1``, ``threshold``, ``n_events``, ``n_detections``.
 
-        ``"classification"``, on the events matched by a kept detection only (the seed's
+        ``"classification"``, on the events matched by a kept detection only (the reference system's
         choice: a missed event is a detection error, not a classification one): the predicted
         set of such an event is the classes whose probability reaches their threshold, its
         true set the classes of its calls. ``per_class``: name to ``tp``, ``fp``, ``fn``,
         ``precision``, ``recall``, ``f1``, ``support`` (matched events of the class),
         ``threshold``. ``macro_precision``, ``macro_recall``, ``macro_f1``: the means of the
-        per-class values (the seed's "averaged") over the classes with support, a 0/0 ratio
+        per-class values (the reference system's "averaged") over the classes with support, a 0/0 ratio
         (a class never predicted) counting 0; ``micro_*``: from the counts summed over all
         classes. ``n_events``: the matched events counted. Undefined ratios (0/0) are NaN.
-        Note that ``macro_precision`` is a mean of precisions, which the seed's report
+        Note that ``macro_precision`` is a mean of precisions, which the reference system's report
         called an average precision; it is not one (see :func:`class_average_precision`).
     """
     classes = list(classes)

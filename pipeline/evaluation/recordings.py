@@ -72,7 +72,7 @@ def tuned_thresholds(predictor, cube, recordings, classes) -> dict[str, float]:
 
 
 def evaluate_model(predictor, cube, recordings, classes, thresholds) -> dict:
-    """The seed's and the proper metrics of a model on annotated recordings."""
+    """The reference system's and the proper metrics of a model on annotated recordings."""
     from pipeline.evaluation.report import evaluate
 
     calls = calls_table(recordings, cube)

@@ -68,7 +68,7 @@ def evaluate(
     calls, detections = classified_only(calls, detections, tolerance)
     matches = match_detections(calls, detections, tolerance)
     arguments = (calls, detections, classes, used, tolerance, matches)
-    seed = reference_scores(*arguments)
+    reference = reference_scores(*arguments)
     class_ap = class_average_precision(calls, detections, classes, tolerance, matches)
     top1 = top1_accuracy(calls, detections, classes, tolerance, matches)
     per_class = {
@@ -76,7 +76,7 @@ def evaluate(
             "ap": class_ap.per_class[name].average_precision,
             "top1_accuracy": top1["per_class"][name],
             "n_events": class_ap.per_class[name].n_positives,
-            **seed["classification"]["per_class"][name],
+            **reference["classification"]["per_class"][name],
         }
         for name in classes
     }
@@ -87,7 +87,7 @@ def evaluate(
         "classification": {
             "map": class_ap.mean_average_precision,
             "top1_accuracy": top1["all"],
-            **seed["classification"],
+            **reference["classification"],
             "per_class": per_class,
         },
         "multilabel": multilabel_scores(*arguments),

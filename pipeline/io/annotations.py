@@ -1,6 +1,6 @@
-"""Call annotations: the seed's ``.npz`` format and a plain CSV of calls.
+"""Call annotations: the reference system's ``.npz`` format and a plain CSV of calls.
 
-The seed's format (see ``SEED.md``) is a ``.npz`` with, for each split ``train`` and ``test``:
+The reference system's format (see ``SEED.md``) is a ``.npz`` with, for each split ``train`` and ``test``:
 
 ``<split>_files``
     recording names without extension (``str`` or ``bytes``);
@@ -9,14 +9,14 @@ The seed's format (see ``SEED.md``) is a ``.npz`` with, for each split ``train``
 ``<split>_pos``
     per recording, the start times (real seconds) of its calls, shape ``(n,)`` or ``(n, 1)``;
 ``<split>_class``
-    per recording, the classes (1..K, index into :data:`pipeline.config.SEED_SPECIES` plus one)
+    per recording, the classes (1..K, index into :data:`pipeline.config.REFERENCE_GROUPS` plus one)
     of those calls; absent from a detection-only dataset.
 
 Two calls of different classes at the same moment are two entries with the same position. The
 per-recording arrays are ragged, so they are stored as object arrays, whose loading needs pickle.
-:func:`read_seed_npz` unpickles them with an allow-list of the few numpy callables that rebuild
-plain arrays, so that an untrusted file cannot run code. :func:`write_seed_npz` writes the same
-format byte for byte reproducibly (fixed zip timestamps), loadable by the seed's
+:func:`read_reference_npz` unpickles them with an allow-list of the few numpy callables that rebuild
+plain arrays, so that an untrusted file cannot run code. :func:`write_reference_npz` writes the same
+format byte for byte reproducibly (fixed zip timestamps), loadable by the reference system's
 ``np.load(path, allow_pickle=True)``.
 
 The CSV of calls has one row per call, with at least the columns ``file``, ``position`` (s) and
@@ -40,7 +40,7 @@ from numpy._core.multiarray import _reconstruct, scalar
 from numpy._core.numeric import _frombuffer
 from numpy.lib import format as npy_format
 
-from pipeline.config import SEED_SPECIES
+from pipeline.config import REFERENCE_GROUPS
 from pipeline.files import atomic_path
 
 SPLITS = ("train", "test")
@@ -101,8 +101,8 @@ class RecordingCalls:
 
 
 @dataclass(frozen=True, eq=False)
-class SeedDataset:
-    """A dataset in the seed's format: annotated recordings of the train and test splits."""
+class ReferenceDataset:
+    """A dataset in the reference system's format: annotated recordings of the train and test splits."""
 
     train: list[RecordingCalls]
     test: list[RecordingCalls]
@@ -132,9 +132,9 @@ def _split_fields(split: str, recordings: Sequence[RecordingCalls], with_classes
     return fields
 
 
-def write_seed_npz(path: str | os.PathLike, train: Sequence[RecordingCalls],
+def write_reference_npz(path: str | os.PathLike, train: Sequence[RecordingCalls],
                    test: Sequence[RecordingCalls]) -> Path:
-    """Write annotated recordings in the seed's ``.npz`` format, reproducibly and atomically.
+    """Write annotated recordings in the reference system's ``.npz`` format, reproducibly and atomically.
 
     Parameters
     ----------
@@ -157,7 +157,7 @@ def write_seed_npz(path: str | os.PathLike, train: Sequence[RecordingCalls],
     Notes
     -----
     The same content always gives the same bytes: the zip entries carry a fixed timestamp and the
-    arrays are written with :func:`numpy.lib.format.write_array`. The file loads with the seed's
+    arrays are written with :func:`numpy.lib.format.write_array`. The file loads with the reference system's
     ``np.load(path, allow_pickle=True)``.
     """
     recordings = [*train, *test]
@@ -284,9 +284,9 @@ def _recordings(fields: Mapping[str, np.ndarray], split: str, n_classes: int | N
     return recordings
 
 
-def read_seed_npz(path: str | os.PathLike, *, trust: bool = False,
-                  n_classes: int = len(SEED_SPECIES)) -> SeedDataset:
-    """Read a dataset in the seed's ``.npz`` format, without running code from the file.
+def read_reference_npz(path: str | os.PathLike, *, trust: bool = False,
+                  n_classes: int = len(REFERENCE_GROUPS)) -> ReferenceDataset:
+    """Read a dataset in the reference system's ``.npz`` format, without running code from the file.
 
     Parameters
     ----------
@@ -301,7 +301,7 @@ def read_seed_npz(path: str | os.PathLike, *, trust: bool = False,
 
     Returns
     -------
-    SeedDataset
+    ReferenceDataset
         Both splits; ``has_classes`` is False for a detection-only dataset (no ``*_class``).
 
     Raises
@@ -325,7 +325,7 @@ def read_seed_npz(path: str | os.PathLike, *, trust: bool = False,
         splits = {split: _recordings(fields, split, n_classes if has_classes else None) for split in SPLITS}
     except (ValueError, TypeError) as exc:  # TypeError: an object array holding something not a number
         raise AnnotationError(f"{path}: {exc}") from None
-    return SeedDataset(train=splits["train"], test=splits["test"], has_classes=has_classes)
+    return ReferenceDataset(train=splits["train"], test=splits["test"], has_classes=has_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +377,7 @@ def _class_index(value, species: Sequence[str]) -> int:
     return int(number)
 
 
-def read_calls_csv(path: str | os.PathLike, *, species: Sequence[str] = SEED_SPECIES) -> pd.DataFrame:
+def read_calls_csv(path: str | os.PathLike, *, species: Sequence[str] = REFERENCE_GROUPS) -> pd.DataFrame:
     """Read a CSV of calls, one row per call.
 
     Parameters
@@ -429,7 +429,7 @@ def read_calls_csv(path: str | os.PathLike, *, species: Sequence[str] = SEED_SPE
 
 
 def species_groups() -> dict[str, str]:
-    """Latin species name -> the seed's group (``species_groups.csv``, shipped as data)."""
+    """Latin species name -> the reference system's group (``species_groups.csv``, shipped as data)."""
     table = pd.read_csv(Path(__file__).with_name("species_groups.csv"))
     return dict(zip(table["species"], table["group"]))
 
@@ -475,7 +475,7 @@ def read_batdetect2(folder: str | os.PathLike, *, groups: Mapping[str, str] | No
                 {
                     "file": name,
                     "position": float(event["start_time"]) / expansion,
-                    "class": SEED_SPECIES.index(group) + 1,
+                    "class": REFERENCE_GROUPS.index(group) + 1,
                     "species_group": group,
                     "species": species,
                     "duration": duration,
@@ -486,8 +486,8 @@ def read_batdetect2(folder: str | os.PathLike, *, groups: Mapping[str, str] | No
     return pd.DataFrame(rows, columns=columns), problems
 
 
-def seed_npz_to_calls(dataset: SeedDataset) -> pd.DataFrame:
-    """The calls of a seed dataset as a CSV-of-calls table (with ``split`` and ``duration``).
+def reference_npz_to_calls(dataset: ReferenceDataset) -> pd.DataFrame:
+    """The calls of a reference-system dataset as a CSV-of-calls table (with ``split`` and ``duration``).
 
     Recordings without calls cannot be listed in a CSV of calls; train on the ``.npz`` to keep them.
     """

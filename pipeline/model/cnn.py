@@ -1,4 +1,4 @@
-"""The seed's small CNNs (rows ``cnn_8``, ``cnn_2`` and ``cnn_7`` of ``params/networks.csv``).
+"""The reference system's small CNNs (rows ``cnn_8``, ``cnn_2`` and ``cnn_7`` of ``params/networks.csv``).
 
 One builder makes all three from a parameter row: ``conv_layers`` blocks of a ``kernel x
 kernel`` convolution (``filters`` filters, same padding, ReLU) and a ``pool_size`` max-pool,

@@ -1,6 +1,6 @@
 """Default hyperparameters of the networks and of XGBoost, one CSV row per network or booster.
 
-The packaged files hold the seed's defaults: ``params/networks.csv`` (rows ``cnn_8``, ``cnn_2``,
+The packaged files hold the reference system's defaults: ``params/networks.csv`` (rows ``cnn_8``, ``cnn_2``,
 ``cnn_7``, ``resnet_8``, ``resnet_2``, ``resnet_7``) and ``params/xgboost.csv`` (row
 ``xgboost_spectrogram``). A user changes training by copying a file, editing a value and
 passing its path::
@@ -16,7 +16,7 @@ to that row (a CNN has no batch norm, a ResNet no ``filters``) and is left out o
 Columns of ``networks.csv``
 
 - ``conv_layers``, ``filters``, ``kernel``, ``pool_size``: the CNN's convolution blocks, all of
-  them counted (the seed's "extra conv layers" is ``conv_layers - 1``); each block is a
+  them counted (the reference system's "extra conv layers" is ``conv_layers - 1``); each block is a
   ``kernel x kernel`` convolution with ``filters`` filters, then a ``pool_size`` max-pool;
 - ``dense_layers``, ``dense_units``: the CNN's hidden dense layers (the last one is its
   ``embedding``); ``dropout_conv`` (after the convolutions), ``dropout_dense`` (after each

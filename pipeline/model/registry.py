@@ -1,4 +1,4 @@
-"""The six models of the seed, by name, and the Keras networks each one trains.
+"""The six models of the reference system, by name, and the Keras networks each one trains.
 
 ================================  ======  ==========  ======  =========================
 name                              family  two stages  hybrid  network rows
@@ -143,7 +143,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         two_stage=False,
         hybrid=True,
         network_rows=("cnn_8",),
-        description="The seed's proposed model: XGBoost ('not call' + classes) on the 320 "
+        description="The reference system's proposed model: XGBoost ('not call' + classes) on the 320 "
         "values of a small CNN's last hidden layer.",
     ),
     Architecture(
@@ -192,7 +192,7 @@ def build_networks(
     arch : Architecture or str
         The model, or its name.
     n_classes : int
-        Number of classes, without "not call" (7 for the seed's bat groups).
+        Number of classes, without "not call" (7 for the reference system's bat groups).
     params_by_row : Mapping, optional
         Hyperparameters by network row (e.g. ``{"cnn_8": load_params("cnn_8", path)}``); a
         row left out gets the packaged defaults.

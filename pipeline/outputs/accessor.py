@@ -35,7 +35,7 @@ class DetectionsAccessor:
     def species(self, species: str | Iterable[str], min_probability: float = 0.5) -> pd.DataFrame:
         """The calls of which the probability of one of ``species`` reaches ``min_probability``.
 
-        Multi-label, like the seed's CSV: a call where Pip35 reaches 0.8 is kept even when
+        Multi-label, like the reference system's CSV: a call where Pip35 reaches 0.8 is kept even when
         another species is more probable there (``read_detections(species=...)`` filters on
         the most probable class instead).
         """

@@ -60,7 +60,7 @@ def raven_rows(
     events : pandas.DataFrame
         Rows of a detection part.
     classes, thresholds
-        As :func:`seed_rows`.
+        As :func:`reference_rows`.
     window_seconds : float
         Duration of a selection (the model window's, in real seconds).
     low_hz, high_hz : float
@@ -74,7 +74,7 @@ def raven_rows(
     -------
     pandas.DataFrame
         The columns of :data:`RAVEN_COMBINED_COLUMNS` but ``Selection``, with
-        ``Begin Time (s)`` the time in the file: one row per row of :func:`seed_rows`
+        ``Begin Time (s)`` the time in the file: one row per row of :func:`reference_rows`
         (same order) plus, with ``include_unknown``, one row per unclassified call in its
         event's place. ``Channel`` counts from 1 (a mix is channel 1).
     """
@@ -297,7 +297,7 @@ def write_raven(
     out_dir : str or os.PathLike
         The output folder (or its folder of parts).
     classes, thresholds
-        As :func:`write_seed_csv`.
+        As :func:`write_reference_csv`.
     window_seconds : float
         Duration of each selection: ``End Time = Begin Time + window_seconds``.
     low_hz, high_hz : float
@@ -321,7 +321,7 @@ def write_raven(
         Whether a detected call (score reaching the detection threshold) of which no class
         reaches its threshold gets a row of species ``"unknown"`` with an empty
         ``Probability`` (default: yes, so that a reviewer sees and can label every detected
-        call; the seed's CSV has no row for them).
+        call; the reference system's CSV has no row for them).
 
     Returns
     -------
@@ -333,7 +333,7 @@ def write_raven(
     A table is tab-separated text: the header ``Selection  View  Channel  Begin Time (s)
     End Time (s)  Low Freq (Hz)  High Freq (Hz)  Species  Probability  Score`` (and
     ``Begin File  File Offset (s)`` for the combined table), then one row per (event,
-    species reaching its threshold) as in the seed's CSV, in archive order, numbered
+    species reaching its threshold) as in the reference system's CSV, in archive order, numbered
     ``Selection`` 1..n in each table. ``View`` is ``Spectrogram 1``; ``Channel`` counts
     from 1 (channel 0 and a mix are 1). The tables are written in a temporary place and
     renamed into place: the per-file folder is replaced whole, so that no table of an

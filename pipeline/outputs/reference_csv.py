@@ -24,18 +24,18 @@ from pipeline.outputs.parts import iter_parts
 
 
 def recording_label(path: str, channel: int) -> str:
-    """The ``file_name`` of a recording in the seed's CSV.
+    """The ``file_name`` of a recording in the reference system's CSV.
 
     The path as the cube stores it for channel 0 or a mix (-1), so that a mono archive
-    gives exactly the seed's names; ``"<path>#ch<channel>"`` for a later channel of a
+    gives exactly the reference system's names; ``"<path>#ch<channel>"`` for a later channel of a
     multichannel file (``"a.wav#ch1"``: the second channel).
     """
     channel = int(channel)
     return str(path) if channel in (MIX_CHANNEL, 0) else f"{path}#ch{channel}"
 
 
-def seed_rows(events: pd.DataFrame, classes: Sequence[str], thresholds: Mapping[str, float] | None) -> pd.DataFrame:
-    """The seed CSV's rows of some events (:func:`pipeline.detection.schema.species_rows`).
+def reference_rows(events: pd.DataFrame, classes: Sequence[str], thresholds: Mapping[str, float] | None) -> pd.DataFrame:
+    """The reference system CSV's rows of some events (:func:`pipeline.detection.schema.species_rows`).
 
     Parameters
     ----------
@@ -58,13 +58,13 @@ def seed_rows(events: pd.DataFrame, classes: Sequence[str], thresholds: Mapping[
     return species_rows(with_names, classes, thresholds)
 
 
-def write_seed_csv(
+def write_reference_csv(
     out_dir: str | os.PathLike,
     classes: Sequence[str],
     thresholds: Mapping[str, float] | None,
     dest: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the seed's CSV of detections, streaming over the parts.
+    """Write the reference system's CSV of detections, streaming over the parts.
 
     Parameters
     ----------
@@ -82,7 +82,7 @@ def write_seed_csv(
     -------
     pathlib.Path
         The CSV: header ``file_name,predicted_time,predicted_species,predicted_prob``, then
-        the rows of :func:`seed_rows` part after part (archive order). Two species reaching
+        the rows of :func:`reference_rows` part after part (archive order). Two species reaching
         their thresholds at one event give two rows with the same time; a detected call of
         no species reaching its threshold gives none. ``file_name`` is the recording's path,
         ``"<path>#ch<n>"`` for a channel ``n >= 1`` of a multichannel file
@@ -95,7 +95,7 @@ def write_seed_csv(
     with atomic_file(target) as fh:
         fh.write(",".join(SPECIES_COLUMNS) + "\n")
         for _, events in parts:
-            seed_rows(events, classes, thresholds).to_csv(
+            reference_rows(events, classes, thresholds).to_csv(
                 fh, header=False, index=False, lineterminator="\n"
             )
     return target

@@ -16,29 +16,29 @@ from typing import Any
 from pipeline.files import atomic_file, json_ready
 from pipeline.outputs.folder import REPORT_JSON_NAME, REPORT_TEXT_NAME, output_directory
 from pipeline.outputs.parts import iter_parts
-from pipeline.outputs.reference_csv import seed_rows
+from pipeline.outputs.reference_csv import reference_rows
 
 
 def calls_per_class(
     out_dir: str | os.PathLike, classes: Sequence[str], thresholds: Mapping[str, float] | None
 ) -> dict[str, int]:
-    """Count the calls of each class, as the rows of the seed's CSV count them.
+    """Count the calls of each class, as the rows of the reference system's CSV count them.
 
     Parameters
     ----------
     out_dir, classes, thresholds
-        As :func:`write_seed_csv`.
+        As :func:`write_reference_csv`.
 
     Returns
     -------
     dict of str to int
-        Every class, in class order, and its number of rows of :func:`seed_rows` (an event
+        Every class, in class order, and its number of rows of :func:`reference_rows` (an event
         with two species counts once for each); streams over the parts.
     """
     classes = [str(name) for name in classes]
     counts = dict.fromkeys(classes, 0)
     for _, events in iter_parts(out_dir):
-        for name, n in seed_rows(events, classes, thresholds)["predicted_species"].value_counts().items():
+        for name, n in reference_rows(events, classes, thresholds)["predicted_species"].value_counts().items():
             counts[str(name)] += int(n)
     return counts
 

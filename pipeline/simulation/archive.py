@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from pipeline._version import __version__
 from pipeline.files import write_bytes, write_text
-from pipeline.io.annotations import RecordingCalls, write_calls_csv, write_seed_npz
+from pipeline.io.annotations import RecordingCalls, write_calls_csv, write_reference_npz
 from pipeline.simulation.calls import Call, eligible_species
 from pipeline.simulation.noise import BackgroundLibrary
 from pipeline.simulation.recorder import guano_text, wav_bytes
@@ -262,7 +262,7 @@ def simulate_archive(out_dir: str | os.PathLike, minutes: float, seed: int = 0, 
     npz = root / "annotations.npz"
     if numbered:
         by_name = {split: sorted(items, key=lambda r: r.file) for split, items in recordings.items()}
-        write_seed_npz(npz, by_name["train"], by_name["test"])
+        write_reference_npz(npz, by_name["train"], by_name["test"])
     else:
         npz.unlink(missing_ok=True)
         npz = None

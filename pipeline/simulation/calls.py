@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from pipeline.config import SEED_SPECIES
+from pipeline.config import REFERENCE_GROUPS
 
 if TYPE_CHECKING:
     from pipeline.simulation.propagation import AirPath
@@ -85,7 +85,7 @@ class SpeciesModel:
     ----------
     species, group
         Latin name (or, for the generic family, a description) and the class: one of the
-        seven groups of :data:`pipeline.config.SEED_SPECIES`, or ``"bat"``.
+        seven groups of :data:`pipeline.config.REFERENCE_GROUPS`, or ``"bat"``.
     shape
         ``"FM"``, ``"FM-QCF"``, ``"QCF"`` or ``"CF"`` (the synthesis shape).
     call_types
@@ -117,7 +117,7 @@ class SpeciesModel:
     @property
     def label(self) -> int:
         """The reference system's integer class of the species' group (1..7), 0 for generic bats."""
-        return SEED_SPECIES.index(self.group) + 1 if self.group in SEED_SPECIES else 0
+        return REFERENCE_GROUPS.index(self.group) + 1 if self.group in REFERENCE_GROUPS else 0
 
     @property
     def max_peak_hz(self) -> float:

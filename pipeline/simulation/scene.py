@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.fft
 
-from pipeline.config import SEED_SPECIES
+from pipeline.config import REFERENCE_GROUPS
 from pipeline.simulation import behaviour, noise
 from pipeline.simulation.calls import (
     ANTIALIAS_FRACTION,
@@ -254,7 +254,7 @@ def _draw_species(rate: int, n_bats: int, rng: np.random.Generator, settings: Si
     species = []
     if n_groups:
         candidates = eligible_species(rate, edge_fraction)
-        groups = sorted({model.group for model in candidates}, key=SEED_SPECIES.index)
+        groups = sorted({model.group for model in candidates}, key=REFERENCE_GROUPS.index)
         if n_groups > len(groups):
             raise ValueError(f"{n_groups} bats of different groups cannot be drawn from {len(groups)} group(s)")
         weights = np.array([GROUP_WEIGHTS[group] for group in groups])

@@ -64,7 +64,7 @@ def fit_boosters(client, features, targets: np.ndarray, xgb_params: dict, seed: 
     """One XGBoost booster per output column (binary relevance), trained with ``xgboost.dask``.
 
     Binary relevance rather than one multi-output model: each output gets its own balanced
-    sample weights (rare groups are not drowned by "not call"), as the seed did.
+    sample weights (rare groups are not drowned by "not call"), as the reference system did.
     """
     import dask.array as da
     from xgboost import dask as dxgb

@@ -8,7 +8,7 @@ from pipeline.evaluation.recordings import calls_table, detect_recordings
 
 
 def hard_examples(predictor, cube, recordings, classes, samples, tolerance: float = 0.010):
-    """The seed's hard negative mining on the training recordings.
+    """The reference system's hard negative mining on the training recordings.
 
     Detections above 0.5 that match no call become negatives; calls no detection found
     become extra positives (their shifted windows once more).

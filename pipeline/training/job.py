@@ -2,7 +2,7 @@
 
 Steps, each one function below:
 
-1. read the annotations (the seed's ``.npz`` or a CSV of calls) and their class names;
+1. read the annotations (the reference system's ``.npz`` or a CSV of calls) and their class names;
 2. build or reuse the spectrogram cube of the audio (the feature cache, keyed by settings);
 3. sample training windows: shifted positives, negatives away from every call (bounded);
    a validation split of recordings is set aside for early stopping and thresholds;
@@ -43,7 +43,7 @@ class TrainSettings:
     Parameters
     ----------
     model_type : one of the six names (:data:`pipeline.model.registry.ARCHITECTURE_NAMES`)
-    hnm_rounds : hard negative mining rounds (the seed's default: 0)
+    hnm_rounds : hard negative mining rounds (the reference system's default: 0)
     validation_fraction : fraction of training recordings kept for early stopping and thresholds
     seed : random seed (sampling, splits, initial weights, XGBoost)
     epochs : cap on training epochs (default: the CSV's, 200 with early stopping)
@@ -191,7 +191,7 @@ def train_model(
     rows, booster_params = _params(arch, settings)
     predictor = None
     for round_ in range(settings.hnm_rounds + 1):
-        if round_ > 0:  # the seed's HNM: mine with the last model, retrain from scratch
+        if round_ > 0:  # the reference system's HNM: mine with the last model, retrain from scratch
             train_samples = hard_examples(predictor, cube, fit_recs, classes, train_samples)
         keras.utils.set_random_seed(settings.seed + round_)
         networks = build_networks(arch, len(classes), rows)
