@@ -89,7 +89,7 @@ def split_by_recording(annotation_set, test_fraction: float = 1 / 3, seed: int =
 
 def species_to_groups(annotation_set):
     """The set with each species replaced by its group of the seven (None where it has none)."""
-    from pipeline.io.annotations import species_groups
+    from pipeline.annotations.names import species_groups
 
     groups = species_groups()
     calls = annotation_set.calls.assign(class_=annotation_set.calls["class"].map(groups))

@@ -16,8 +16,8 @@ of your own (``axes`` for :func:`spectrogram`). In Jupyter the returned figure i
 The tables are those of the rest of batml: *detections* as
 :func:`pipeline.outputs.parts.read_detections` returns them (``file``, ``channel``, ``time``,
 ``class``, ``probability``, ``score``, ``prob_<class>``), *calls* as
-:func:`pipeline.io.annotations.read_calls_csv` returns them (``file``, ``position``, ``class``
-1..K). The scores come from :mod:`pipeline.evaluation`, never recomputed here.
+a CSV of calls has them (``file``, ``position``, ``class`` 1..K: the simulator's
+``annotations.csv``, or :meth:`pipeline.annotations.dataset.Annotations.recoded` to a model's classes). The scores come from :mod:`pipeline.evaluation`, never recomputed here.
 
 **Which species a call is.** A call is multi-label: it counts for every species whose
 probability reaches ``min_probability``. The calls kept are then exactly those whose
@@ -425,7 +425,7 @@ def precision_recall(
     Parameters
     ----------
     calls : pandas.DataFrame
-        Annotated calls (:func:`pipeline.io.annotations.read_calls_csv`): ``file`` or
+        Annotated calls (a CSV of calls with integer classes): ``file`` or
         ``recording``, ``position``, ``class`` (1..K).
     detections : pandas.DataFrame or path
         Detected calls (:func:`pipeline.read_detections`), or a run's output folder; every
@@ -447,7 +447,7 @@ def precision_recall(
 
     Examples
     --------
-    >>> calls = read_calls_csv("sim/annotations.csv")                          # doctest: +SKIP
+    >>> calls = pandas.read_csv("sim/annotations.csv")                         # doctest: +SKIP
     >>> precision_recall(calls, "results/sim")                                # doctest: +SKIP
     """
     calls, detections, classes, matches = _matched(calls, _detections_table(detections), classes, tolerance)
@@ -549,7 +549,7 @@ def confusion(
 
     Examples
     --------
-    >>> confusion(read_calls_csv("sim/annotations.csv"), "results/sim")        # doctest: +SKIP
+    >>> confusion(pandas.read_csv("sim/annotations.csv"), "results/sim")       # doctest: +SKIP
     """
     counts = confusion_counts(calls, detections, classes, tolerance=tolerance, min_score=min_score)
     share = counts.to_numpy(np.float64) / np.maximum(counts.sum(axis=1).to_numpy(np.float64), 1)[:, None]

@@ -5,15 +5,12 @@ import os
 import zipfile
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline.io.annotations import (
     AnnotationError,
     RecordingCalls,
-    read_calls_csv,
     read_reference_npz,
-    write_calls_csv,
     write_reference_npz,
 )
 
@@ -182,74 +179,6 @@ def test_not_a_zip_and_missing_file(tmp_path):
         read_reference_npz(tmp_path / "absent.npz")
 
 
-def test_calls_csv_round_trip_with_class_names(tmp_path):
-    rows = [
-        {"file": "site01/a", "split": "train", "position": 0.1, "class": 5},
-        {"file": "site01/a", "split": "train", "position": 0.1, "class": "Envsp"},
-        {"file": "site02/c", "split": "test", "position": 2.25, "class": "7"},
-    ]
-    path = write_calls_csv(tmp_path / "calls.csv", rows)
-    table = read_calls_csv(path)
-    assert list(table.columns) == ["file", "split", "position", "class"]
-    assert table["class"].tolist() == [5, 2, 7]
-    assert table["position"].tolist() == [0.1, 0.1, 2.25]
-    assert table["file"].tolist() == ["site01/a", "site01/a", "site02/c"]
-
-
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        ("file,position\na,0.1\n", "missing column"),
-        ("file,position,class\na,0.1,Bogus\n", "unknown class"),
-        ("file,position,class\na,0.1,9\n", "outside 1..7"),
-        ("file,position,class\na,soon,1\n", "Unable to parse"),
-        ("file,position,class,split\na,0.1,1,validation\n", "unknown split"),
-    ],
-)
-def test_bad_calls_csv(tmp_path, text, reason):
-    path = tmp_path / "calls.csv"
-    path.write_text(text)
-    with pytest.raises(AnnotationError, match=reason) as info:
-        read_calls_csv(path)
-    assert str(info.value).startswith(str(path))
-
-
-def test_write_calls_csv_requires_columns(tmp_path):
-    with pytest.raises(ValueError, match="class"):
-        write_calls_csv(tmp_path / "x.csv", pd.DataFrame({"file": ["a"], "position": [0.1]}))
-
-
-def test_batdetect2_annotations_of_the_real_recordings(real_data, tmp_path):
-    """The three annotated real recordings: species mapped to the reference system's groups, the rest counted."""
-    import json as json_
-
-    from pipeline.io.annotations import read_batdetect2
-
-    calls, problems = read_batdetect2(real_data / "annotated" / "anns")
-    by_file = calls.groupby("file")["species_group"].agg(set).to_dict()
-    assert by_file["20170701_213954-MYOMYS-LR_0_0.5"] == {"Myosp"}
-    assert by_file["20180627_215323-RHIFER-LR_0_0.5"] == {"Rhisp"}
-    assert by_file["20180530_213516-EPTSER-LR_0_0.5"] == {"Envsp"}
-    # every echolocation event of a known species is a call; "Bat"/"Unknown" ones are reported
-    expected = 0
-    for path in (real_data / "annotated" / "anns").glob("*.json"):
-        events = json_.loads(path.read_text())["annotation"]
-        expected += sum(e["event"] == "Echolocation" and e["class"] not in ("Bat", "Unknown") for e in events)
-    assert len(calls) == expected == 11 + 4 + 5  # MYOMYS, EPTSER (7 "Bat" + 1 "Unknown" left), RHIFER
-    assert any("left out" in p and "EPTSER" in p for p in problems)
-    assert calls["position"].between(0, 0.5).all() and (calls["duration"] == 0.5).all()
     # batml convert now goes through pipeline.annotations: tests/test_import_cli.py
 
 
-def test_seed_npz_converts_to_a_csv_that_reads_back(tmp_path):
-    from pipeline.cli import main
-    from pipeline.io.annotations import RecordingCalls, read_calls_csv, write_reference_npz
-
-    train = [RecordingCalls("a/x", 2.0, np.array([0.1, 0.1, 0.5]), np.array([1, 3, 5]))]
-    test = [RecordingCalls("b/y", 1.0, np.array([0.2]), np.array([7]))]
-    write_reference_npz(tmp_path / "d.npz", train, test)
-    assert main(["convert", str(tmp_path / "d.npz"), "-o", str(tmp_path / "d.csv"), "-q"]) == 0
-    table = read_calls_csv(tmp_path / "d.csv")
-    assert table[["file", "split", "position", "class"]].values.tolist() == [
-        ["a/x", "train", 0.1, 1], ["a/x", "train", 0.1, 3], ["a/x", "train", 0.5, 5], ["b/y", "test", 0.2, 7]
-    ]

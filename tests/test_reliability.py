@@ -179,13 +179,13 @@ def test_evaluate_lists_the_recordings_it_leaves_out(lab, tmp_path, capsys):
 
     import pandas as pd
 
-    from pipeline.io.annotations import reference_npz_to_calls
+    from pipeline.annotations import read_annotations
 
     model = tmp_path / "model"
     shutil.copytree(lab.reference, model)
-    calls = reference_npz_to_calls(read_reference_npz(lab.archive.annotations_npz))
+    calls = read_annotations(lab.archive.annotations_npz).calls[["file", "split", "position", "class", "duration"]]
     names = ["odd/link_out", "../escape", "nowhere/missing"]
-    extra = pd.DataFrame({"file": names, "split": "test", "position": 0.05, "class": 1, "duration": 0.1})
+    extra = pd.DataFrame({"file": names, "split": "test", "position": 0.05, "class": "Barbarg", "duration": 0.1})
     clean, dirty = tmp_path / "clean.csv", tmp_path / "dirty.csv"
     calls.to_csv(clean, index=False)
     pd.concat([calls, extra]).to_csv(dirty, index=False)

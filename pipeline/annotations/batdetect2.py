@@ -14,11 +14,11 @@ three hand-edited files of ``../shared/data/real/annotated/anns``):
 - **Time expansion**: batdetect2 and its annotation tool read a file at its header rate times
   ``time_exp`` (``load_audio_file``: ``sampling_rate * time_exp_fact``), so the times,
   frequencies and ``duration`` of an annotation file are real already, whatever ``time_exp``
-  says. (batml's older reader, ``pipeline.io.annotations.read_batdetect2``, divided them by
-  ``time_exp`` again; the files at hand all have ``time_exp`` 1.)
+  says. (batml's first reader divided them by ``time_exp`` again; the files at hand all have
+  ``time_exp`` 1.)
 
 Classes are kept as written (``Bat``/``Unknown`` -> detection only). The seven groups of the
-reference system (``pipeline/io/species_groups.csv``) are an option: ``groups="reference"``.
+reference system (``pipeline/annotations/species_groups.csv``) are an option: ``groups="reference"``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from pipeline.annotations.table import (
     validate_calls,
 )
 from pipeline.config import REFERENCE_GROUPS
-from pipeline.io.annotations import AnnotationError, species_groups
+from pipeline.annotations.names import species_groups
+from pipeline.io.annotations import AnnotationError
 
 
 def _groups(groups) -> tuple[dict[str, str] | None, list[str] | None]:
@@ -102,7 +103,7 @@ def read_batdetect2(
         as batdetect2 writes them (see the module's notes).
     groups : "reference", mapping, path or None
         None (default): classes are the species as written. ``"reference"``: species mapped to the
-        reference system's seven groups (``pipeline/io/species_groups.csv``), classes in the reference system's order.
+        reference system's seven groups (``pipeline/annotations/species_groups.csv``), classes in the reference system's order.
         A mapping or a CSV with columns ``species,group``: that mapping. A species the mapping
         lacks becomes a detection-only call (listed in ``skipped``).
     include_unannotated : bool

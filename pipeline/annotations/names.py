@@ -1,4 +1,4 @@
-"""Class names files: the names of integer classes 1..K, one per line."""
+"""Class names: names files (the names of integer classes 1..K, one per line) and the species -> group table."""
 
 from __future__ import annotations
 
@@ -58,3 +58,11 @@ def write_class_names(path: str | os.PathLike, names: list[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
     return path
+
+
+def species_groups() -> dict[str, str]:
+    """Latin species name -> the reference system's group (``species_groups.csv``, shipped as data)."""
+    import pandas as pd
+
+    table = pd.read_csv(Path(__file__).with_name("species_groups.csv"))
+    return dict(zip(table["species"], table["group"]))

@@ -1,4 +1,4 @@
-"""Call annotations: the reference system's ``.npz`` format and a plain CSV of calls.
+"""The reference system's ``.npz`` annotation format: reading it safely, writing it reproducibly.
 
 The reference system's format (see ``SEED.md``) is a ``.npz`` with, for each split ``train`` and ``test``:
 
@@ -17,25 +17,21 @@ per-recording arrays are ragged, so they are stored as object arrays, whose load
 :func:`read_reference_npz` unpickles them with an allow-list of the few numpy callables that rebuild
 plain arrays, so that an untrusted file cannot run code. :func:`write_reference_npz` writes the same
 format byte for byte reproducibly (fixed zip timestamps), loadable by the reference system's
-``np.load(path, allow_pickle=True)``.
-
-The CSV of calls has one row per call, with at least the columns ``file``, ``position`` (s) and
-``class`` (an integer 1..K or a group name), and optionally ``split`` and any other column.
+``np.load(path, allow_pickle=True)``. Every other annotation format, and this one as a table of
+calls, is read by :mod:`pipeline.annotations`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from numpy._core.multiarray import _reconstruct, scalar
 from numpy._core.numeric import _frombuffer
 from numpy.lib import format as npy_format
@@ -60,9 +56,6 @@ _SAFE_GLOBALS = {
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
 }
-
-CSV_REQUIRED_COLUMNS = ("file", "position", "class")
-
 
 class AnnotationError(ValueError):
     """An annotation file that cannot be used; its message is one line naming the file."""
@@ -332,171 +325,7 @@ def read_reference_npz(path: str | os.PathLike, *, trust: bool = False,
 # CSV of calls
 
 
-def write_calls_csv(path: str | os.PathLike, rows: pd.DataFrame | Iterable[Mapping]) -> Path:
-    """Write one row per call to a CSV file, atomically.
-
-    Parameters
-    ----------
-    path
-        Destination ``.csv``.
-    rows
-        A DataFrame or mappings with at least the columns ``file``, ``position`` and ``class``;
-        every column is written, in the given order.
-
-    Returns
-    -------
-    pathlib.Path
-        The path written.
-
-    Raises
-    ------
-    ValueError
-        If a required column is missing.
-    """
-    table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    missing = [name for name in CSV_REQUIRED_COLUMNS if name not in table.columns]
-    if missing:
-        raise ValueError(f"calls lack column(s) {', '.join(missing)}")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, lineterminator="\n")
-    return path
-
-
-def _class_index(value, species: Sequence[str]) -> int:
-    """A class given as an integer 1..K (possibly as text) or as a group name, as an integer."""
-    text = str(value).strip()
-    if text in species:
-        return species.index(text) + 1
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError(f"unknown class {text!r}; expected 1..{len(species)} or one of {', '.join(species)}") from None
-    if number != round(number) or not 1 <= number <= len(species):
-        raise ValueError(f"class {text!r} outside 1..{len(species)}")
-    return int(number)
-
-
-def read_calls_csv(path: str | os.PathLike, *, species: Sequence[str] = REFERENCE_GROUPS) -> pd.DataFrame:
-    """Read a CSV of calls, one row per call.
-
-    Parameters
-    ----------
-    path
-        The ``.csv`` file, with at least the columns ``file``, ``position`` (real seconds) and
-        ``class`` (an integer 1..K or a name from ``species``); optionally ``split``
-        (``train``/``test``) and any other column, kept as read.
-    species
-        The class names, in the order of their integers 1..K.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The rows as read, with ``file`` as ``str``, ``position`` as float64 and ``class`` as
-        int64 (names converted to their integers).
-
-    Raises
-    ------
-    AnnotationError
-        If the file is missing or unreadable, lacks a required column, or has a position that is
-        not a finite number, an unknown class or an unknown split.
-    """
-    path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype={"file": str, "class": str, "split": str}, keep_default_na=False)
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: not a readable CSV ({exc})") from None
-    missing = [name for name in CSV_REQUIRED_COLUMNS if name not in table.columns]
-    if missing:
-        raise AnnotationError(f"{path}: missing column(s) {', '.join(missing)}")
-    try:
-        table["position"] = pd.to_numeric(table["position"], errors="raise").astype(np.float64)
-        if not np.all(np.isfinite(table["position"])):
-            raise ValueError("non-finite position")
-        table["class"] = np.array([_class_index(value, species) for value in table["class"]], dtype=np.int64)
-        if "split" in table.columns and not table["split"].isin(SPLITS).all():
-            bad = sorted(set(table["split"]) - set(SPLITS))
-            raise ValueError(f"unknown split(s) {', '.join(map(repr, bad))}; expected train or test")
-    except ValueError as exc:
-        raise AnnotationError(f"{path}: {exc}") from None
-    return table
-
-
 # ---------------------------------------------------------------------------------------------
 # Converting other annotation formats to the CSV of calls
 
 
-def species_groups() -> dict[str, str]:
-    """Latin species name -> the reference system's group (``species_groups.csv``, shipped as data)."""
-    table = pd.read_csv(Path(__file__).with_name("species_groups.csv"))
-    return dict(zip(table["species"], table["group"]))
-
-
-def read_batdetect2(folder: str | os.PathLike, *, groups: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Calls from annotation files in the batdetect2 format (one ``<recording>.wav.json`` each).
-
-    Each file holds ``id`` (the recording's file name), ``duration`` (s), ``time_exp`` and
-    ``annotation``: a list of events with ``start_time``, ``end_time`` (s), ``class`` (a Latin
-    species name, or "Bat"/"Unknown") and ``event``. Echolocation events of a species whose
-    group is known become calls; the others are left out and counted.
-
-    Returns
-    -------
-    calls : DataFrame
-        ``file`` (recording name without extension), ``position`` (call start, real s),
-        ``class`` (group number 1..7), ``species_group``, ``species``, ``duration`` (of the
-        recording, real s).
-    problems : list of str
-        One line per file or group of events left out, naming the file and the reason.
-    """
-    groups = dict(groups or species_groups())
-    rows, problems = [], []
-    for path in sorted(Path(folder).glob("*.json")):
-        try:
-            doc = json.loads(path.read_text())
-            name = Path(str(doc["id"])).stem
-            expansion = float(doc.get("time_exp", 1) or 1)
-            duration = float(doc["duration"]) / expansion
-            events = list(doc.get("annotation", []))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{path}: not a batdetect2 annotation file ({type(exc).__name__}: {exc})")
-            continue
-        skipped: dict[str, int] = {}
-        for event in events:
-            species = str(event.get("class", ""))
-            if event.get("event") != "Echolocation" or species not in groups:
-                label = f"{event.get('event')}/{species}"
-                skipped[label] = skipped.get(label, 0) + 1
-                continue
-            group = groups[species]
-            rows.append(
-                {
-                    "file": name,
-                    "position": float(event["start_time"]) / expansion,
-                    "class": REFERENCE_GROUPS.index(group) + 1,
-                    "species_group": group,
-                    "species": species,
-                    "duration": duration,
-                }
-            )
-        problems += [f"{path}: {n} event(s) {label} left out (no known species group)" for label, n in skipped.items()]
-    columns = ["file", "position", "class", "species_group", "species", "duration"]
-    return pd.DataFrame(rows, columns=columns), problems
-
-
-def reference_npz_to_calls(dataset: ReferenceDataset) -> pd.DataFrame:
-    """The calls of a reference-system dataset as a CSV-of-calls table (with ``split`` and ``duration``).
-
-    Recordings without calls cannot be listed in a CSV of calls; train on the ``.npz`` to keep them.
-    """
-    rows = []
-    for split, recordings in (("train", dataset.train), ("test", dataset.test)):
-        for rec in recordings:
-            classes = rec.classes if rec.classes is not None else np.ones(len(rec.positions), np.int64)
-            rows += [
-                {"file": rec.file, "split": split, "position": float(p), "class": int(c), "duration": rec.duration}
-                for p, c in zip(rec.positions, classes)
-            ]
-    return pd.DataFrame(rows, columns=["file", "split", "position", "class", "duration"])

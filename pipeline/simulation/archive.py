@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from pipeline._version import __version__
 from pipeline.files import write_bytes, write_text
-from pipeline.io.annotations import RecordingCalls, write_calls_csv, write_reference_npz
+from pipeline.io.annotations import RecordingCalls, write_reference_npz
 from pipeline.simulation.calls import Call, eligible_species
 from pipeline.simulation.noise import BackgroundLibrary
 from pipeline.simulation.recorder import guano_text, wav_bytes
@@ -269,7 +269,7 @@ def simulate_archive(out_dir: str | os.PathLike, minutes: float, seed: int = 0, 
         notes.append("annotations.npz not written: generic bats, buzzes or social calls are not classes 1..7 of "
                      "the reference system's format; annotations.csv holds every call with its class and event")
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS)).sort_values(["file", "position", "class"], kind="stable")
-    csv = write_calls_csv(root / "annotations.csv", table)
+    csv = write_text(root / "annotations.csv", table.to_csv(index=False, lineterminator="\n"))
     recordings_csv = root / "recordings.csv"
     write_text(recordings_csv, pd.DataFrame(drawn).to_csv(index=False, lineterminator="\n"))
     counts = Counter((row["species_group"], row["event"]) for row in rows)
