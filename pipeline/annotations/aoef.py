@@ -54,6 +54,7 @@ from pipeline.annotations.table import (
     validate_calls,
 )
 from pipeline.io.annotations import AnnotationError
+from pipeline.annotations.tabular import read_utf8
 
 #: Collection types that hold annotations.
 ANNOTATED_COLLECTIONS = ("annotation_project", "annotation_set", "evaluation_set")
@@ -141,14 +142,7 @@ def geometry_bounds(geometry, where: str, doc: _Document) -> tuple[float, float,
 
 
 def _load(path: Path) -> _Document:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text = read_utf8(path)
     try:
         root = json.loads(text)
     except json.JSONDecodeError as exc:

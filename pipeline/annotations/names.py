@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.files import atomic_path
 from pipeline.io.annotations import AnnotationError
+from pipeline.annotations.tabular import read_utf8
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -29,14 +30,7 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         If the file is missing, not UTF-8, empty, or names a class twice (naming the line).
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not UTF-8 text (byte {exc.start}); save the names file as UTF-8") from None
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text = read_utf8(path, hint="; save the names file as UTF-8")
     names: list[str] = []
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):

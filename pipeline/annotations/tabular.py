@@ -44,6 +44,26 @@ class DelimitedTable:
             )
 
 
+def read_utf8(path: str | Path, *, hint: str = "") -> str:
+    """The whole of a UTF-8 text file (a byte-order mark dropped), or one line for the user.
+
+    Raises
+    ------
+    AnnotationError
+        ``"<path>: file not found"``, ``"<path>: not UTF-8 text (byte N)<hint>"`` or
+        ``"<path>: cannot read (<reason>)"``.
+    """
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{path}: not UTF-8 text (byte {exc.start}){hint}") from None
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def decode_text(data: bytes, *, per_line: bool = False) -> str:
     """Text from bytes: UTF-8 (a byte-order mark dropped), else Latin-1.
 

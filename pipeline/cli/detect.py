@@ -6,14 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    add_audio_options,
-    add_cluster_options,
-    settings_of,
-)
+from pipeline.cli.options import add_audio_options, add_cluster_options, exit_status, settings_of
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -57,8 +50,7 @@ def run(args) -> int:
     print(report.summary())
     if not report.complete:
         print("some chunks were not detected: run the same command again to finish", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+    return exit_status(report)
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.options import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    add_audio_options,
-    add_cluster_options,
-    settings_of,
-)
+from pipeline.cli.options import add_audio_options, add_cluster_options, exit_status, settings_of
 
 
 def run(args) -> int:
@@ -27,9 +20,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     print(report.summary())
-    if not report.complete:
-        return EXIT_ERROR
-    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+    return exit_status(report)
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:

@@ -123,6 +123,13 @@ def dataset_options(args) -> dict:
     }  # fmt: skip
 
 
+def exit_status(report) -> int:
+    """A job's exit status from its report: 1 unfinished, 3 done with files left out, else 0."""
+    if not report.complete:
+        return EXIT_ERROR
+    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+
+
 def print_notes(notes: list[str]) -> None:
     """What the user should know about a dataset, one line each, on stderr."""
     for note in notes:

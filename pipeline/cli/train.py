@@ -6,14 +6,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli.options import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    add_audio_options,
-    add_cluster_options,
-    add_dataset_options,
-    add_model_options,
-    dataset_options,
-    settings_of,
+    EXIT_OK, EXIT_SOME_FAILED, add_audio_options, add_cluster_options, add_dataset_options, add_model_options,
+    dataset_options, settings_of,
 )
 
 

@@ -6,12 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli.options import (
-    EXIT_OK,
-    add_audio_options,
-    add_cluster_options,
-    add_dataset_options,
-    add_model_options,
-    dataset_options,
+    EXIT_OK, add_audio_options, add_cluster_options, add_dataset_options, add_model_options, dataset_options,
     settings_of,
 )
 
