@@ -562,12 +562,20 @@ def train_model(
     out: Path,
     progress: bool = True,
     audio_dir: str | os.PathLike | None = None,
+    pretrained: dict | None = None,
+    source: dict | None = None,
+    licence: str | None = None,
 ) -> TrainReport:
     """Train, tune, evaluate and save one model from annotations and an existing cube.
 
     Annotated recordings that cannot be used are left out, each with one line in
     ``report.problems`` (see :func:`usable_annotations`; ``audio_dir``, when given, is the
     folder no recording may lead out of through a symbolic link).
+
+    ``pretrained`` (one Keras network per row of the architecture) are kept as they are:
+    only a hybrid's boosters are trained, on their embeddings, then the thresholds are tuned
+    (:mod:`pipeline.model.reference`). ``source`` and ``licence`` go to the bundle's manifest
+    (see :func:`pipeline.model.bundle.save_bundle`).
     """
     import keras
 
@@ -595,8 +603,11 @@ def train_model(
         if round_ > 0:  # the seed's HNM: mine with the last model, retrain from scratch
             train_samples = hard_examples(predictor, cube, fit_recs, classes, train_samples)
         keras.utils.set_random_seed(settings.seed + round_)
-        networks = build_networks(arch, len(classes), rows)
-        histories = fit_networks(arch, networks, rows, str(cube_path), train_samples, val_samples, settings, progress)
+        if pretrained is not None:  # kept as they are; a hybrid's boosters are still trained
+            networks, histories = dict(pretrained), {}
+        else:
+            networks = build_networks(arch, len(classes), rows)
+            histories = fit_networks(arch, networks, rows, str(cube_path), train_samples, val_samples, settings, progress)
         boosters = None
         if arch.hybrid:
             boosters = _fit_hybrid(client, arch, networks, cube_path, train_samples, booster_params, settings)
@@ -617,12 +628,15 @@ def train_model(
             "recordings": {"fit": len(fit_recs), "validation": len(val_recs), "test": len(annotations.test)},
             "hnm_rounds": settings.hnm_rounds,
             "seed": settings.seed,
+            "pretrained_networks": pretrained is not None,
             "histories": histories,
             "cube": str(cube_path),
             "seconds": time.perf_counter() - t0,
         },
         metrics=report.metrics,
         params={**rows, **({"xgboost": booster_params} if arch.hybrid else {})},
+        source=source,
+        licence=licence,
     )
     report.seconds = time.perf_counter() - t0
     if report.metrics:
@@ -662,6 +676,9 @@ def train(
     client=None,
     n_workers: int | None = None,
     progress: bool = True,
+    pretrained: dict | None = None,
+    source: dict | None = None,
+    licence: str | None = None,
 ) -> TrainReport:
     """Train a model on annotated recordings: ``batml train`` from Python.
 
@@ -676,6 +693,7 @@ def train(
     trust_npz : allow pickle when reading the ``.npz`` (only for files you made yourself)
     cluster, client, n_workers : where to run (see :func:`pipeline.distributed.connect`)
     progress : progress bars
+    pretrained, source, licence : see :func:`train_model`
     """
     from pipeline.distributed import connect
     from pipeline.ingest import ingest
@@ -690,7 +708,8 @@ def train(
         _complete_cube(ingest(audio_dir, cube, settings=run_settings, client=client, progress=progress))
         return train_model(
             annotations, cube, settings, client=client, spectrogram_settings=run_settings.spectrogram,
-            out=out, progress=progress, audio_dir=audio_dir,
+            out=out, progress=progress, audio_dir=audio_dir, pretrained=pretrained, source=source,
+            licence=licence,
         )  # fmt: skip
 
 
