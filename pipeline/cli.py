@@ -131,10 +131,45 @@ def cmd_manifest(args) -> int:
     return EXIT_SOME_FAILED if len(bad) else EXIT_OK
 
 
+# --- convert: reference weights (.npy) to a model bundle (pipeline.model.reference) ---------
+
+
+def _convert_reference(args) -> int:
+    from pipeline.model import reference
+
+    hybrid = args.model_type == "hybrid_cnn_xgboost"
+    if hybrid and (args.dataset is None or args.audio is None):
+        raise reference.ReferenceModelError(
+            f"{args.source}: a hybrid_cnn_xgboost bundle trains its boosters on annotated recordings: "
+            "give both --dataset DATASET and --audio AUDIO_DIR"
+        )
+    if not hybrid and (args.dataset is not None or args.audio is not None):
+        raise reference.ReferenceModelError(
+            f"{args.source}: --dataset and --audio train the boosters of --model-type hybrid_cnn_xgboost only"
+        )
+    if hybrid:
+        report = reference.hybrid_bundle(
+            args.source, args.dataset, args.audio, args.out, thresholds_path=args.thresholds,
+            ingest_settings=_settings(args).ingest, xgboost_csv=args.xgboost_params, seed=args.seed,
+            trust_npz=args.trust_npz, cluster=args.cluster, n_workers=args.workers, progress=not args.quiet,
+        )  # fmt: skip
+        print(report.summary())
+    else:
+        reference.network_bundle(args.source, args.out, thresholds_path=args.thresholds, model_type=args.model_type)
+        print(f"{args.source} -> {args.out}")
+    print(f"licence: {reference.REFERENCE_LICENCE} (weights from {reference.REFERENCE_REPOSITORY}); it applies to this model")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
+
+
 def cmd_convert(args) -> int:
     from pipeline.io import annotations
 
     source = Path(args.source)
+    if source.suffix.lower() == ".npy":
+        return _convert_reference(args)
     if source.is_dir():
         calls, problems = annotations.read_batdetect2(source)
     elif source.suffix.lower() == ".npz":
@@ -446,16 +481,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="convert",
-        epilog="Examples:\n  batml convert seed/annotations.npz -o calls.csv\n  batml convert annotations/ -o calls.csv     # batdetect2 .wav.json files",
-        help="convert annotations to a CSV of calls (from the seed's .npz or batdetect2 .json files)",
+        epilog="Examples:\n  batml convert seed/annotations.npz -o calls.csv\n  batml convert annotations/ -o calls.csv     # batdetect2 .wav.json files"
+        "\n  batml convert 25_05_21_12_12_25_classif_cnn8_hnm1_weights.npy --thresholds 25_05_21_12_12_25_classif_cnn8_hnm1_thresholds.npy -o models/reference-cnn8"
+        "\n  batml convert 02_06_21_09_32_04_features_hybrid_cnn_xgboost_hnm2_weights.npy --model-type hybrid_cnn_xgboost --dataset calls.csv --audio /data/labelled -o models/reference-hybrid",
+        help="convert annotations to a CSV of calls (from the seed's .npz or batdetect2 .json files), "
+        "or the reference system's network weights (.npy) to a model bundle",
         description="Write a CSV of calls (file, position, class, duration, ...) that 'batml train' reads: "
         "from the seed's .npz (a safe format: no pickle needed to read it again) or from a folder of "
         "batdetect2 annotation files (<recording>.wav.json; Latin species names are mapped to the seed's "
-        "groups, other events are listed as skipped).",
+        "groups, other events are listed as skipped).\n"
+        "Or, given a .npy of the reference system's network weights (luciledierckx/batML, read without "
+        "pickle's general loader), write a model bundle: cnn8 (the cnn8 network, or the hybrid's CNN with "
+        "its own head), detector (the cnn2 detector: one class, 'bat'), or hybrid_cnn_xgboost (the hybrid's "
+        "CNN with boosters trained here on --dataset/--audio). These weights are for research use only, "
+        "non-commercial: the bundle's manifest says so.",
     )
-    p.add_argument("source", metavar="SOURCE", help="a seed .npz or a folder of batdetect2 .json files")
-    p.add_argument("--out", "-o", type=Path, required=True, metavar="CALLS.csv", help="the CSV to write")
+    p.add_argument(
+        "source", metavar="SOURCE",
+        help="a seed .npz, a folder of batdetect2 .json files, or a reference weights .npy",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="CALLS.csv|MODEL_DIR",
+        help="the CSV to write (annotations), or the model bundle directory (weights .npy)",
+    )  # fmt: skip
     p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
+    g = p.add_argument_group("reference weights (.npy)")
+    g.add_argument("--thresholds", metavar="T.npy", help="the reference's per-class thresholds (percent) of these weights")
+    g.add_argument(
+        "--model-type", choices=("cnn8", "hybrid_cnn_xgboost", "detector"),
+        help="the bundle to make (default: from the weights' shapes: cnn8, or detector for the cnn2 detector)",
+    )  # fmt: skip
+    g.add_argument("--dataset", metavar="DATASET", help="hybrid_cnn_xgboost: annotations to train the boosters on (.npz or CSV of calls)")
+    g.add_argument("--audio", metavar="AUDIO_DIR", help="hybrid_cnn_xgboost: folder of the annotated recordings")
+    g.add_argument("--xgboost-params", metavar="CSV", help="hybrid_cnn_xgboost: XGBoost hyperparameters (row xgboost_spectrogram)")
+    g.add_argument("--seed", type=int, default=0, help="hybrid_cnn_xgboost: random seed (default 0)")
+    _add_audio_options(p)
+    _add_cluster_options(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
@@ -682,11 +743,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.model.bundle import BundleError
     from pipeline.io.detections import DetectionsError
     from pipeline.model.params import ParamsError
+    from pipeline.model.reference import ReferenceModelError
     from pipeline.train import TrainingError
 
     return (
         SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
-        TrainingError, DetectionsError, FileNotFoundError, PermissionError, *_plot_errors(),
+        TrainingError, DetectionsError, ReferenceModelError, FileNotFoundError, PermissionError, *_plot_errors(),
     )  # fmt: skip
 
 

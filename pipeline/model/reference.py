@@ -395,8 +395,12 @@ def reference_network(weights: Sequence[np.ndarray], kind: str | None = None) ->
     x = flip(x)
     flip.set_weights([reversal(rows)])  # exact: each output is one input times 1, plus zeros
     x = keras.layers.Permute((3, 1, 2), name="frequency_flip_out")(x)  # back to (rows, columns, channels)
-    for layer in core.layers[1:]:  # batml's layers, in order, with the reference's weights
-        x = layer(x)
+    copies = []
+    for layer in core.layers[1:]:  # batml's layers, in order (fresh copies: each called once)
+        copies.append((type(layer).from_config(layer.get_config()), layer))
+        x = copies[-1][0](x)
+    for copy, layer in copies:  # the reference's weights
+        copy.set_weights(layer.get_weights())
     return keras.Model(inputs, x, name=spec.row)
 
 
