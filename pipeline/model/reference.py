@@ -25,21 +25,22 @@ What the published networks are, checked against the reference's code (``cnn_hel
   lowest. A converted network therefore starts with an exact reversal of the frequency axis
   (a fixed 130x130 permutation, layer ``"frequency_flip"``), so that it reads batml's windows
   as the reference's network read its own. Fed the same frequencies, the two agree to float
-  tolerance (``tests/test_reference_models.py``); fed without the reversal, the detection AP
-  of the ``cnn8`` network on the real annotated recordings falls from 0.57 to 0.25.
+  tolerance (``tests/test_reference_models.py``); fed its own windows upside down, the
+  ``cnn8`` network's detection AP on the real annotated recordings falls from 0.57 to 0.25.
 * **The log scaling used the time-expanded rate.** The reference assumed recordings
   time-expanded x10 and, for real-time audio, divided the rate by 10 before computing the
   spectrogram (``run_classifier.py``): the window length in real time is batml's, but the
   ``2 / (rate * sum(hann**2))`` factor of the log scaling is 10 times batml's. Converted
   bundles carry ``log_scale_expansion = 10`` in their spectrogram settings (their own
-  fingerprint, so their cubes are never mixed with others): on the Tadarida sample (723 bat
-  calls) the ``cnn8`` network's detection AP is 0.57 with it and 0.42 without
-  (``benchmarks/reference_models.py``).
+  fingerprint, so their cubes are never mixed with others): the ``cnn8`` network's detection
+  AP is 0.569 with it and 0.417 without on the Tadarida sample (719 bat calls), 0.839 and
+  0.689 on a simulated test split (``benchmarks/reference_models.py``).
 * The reference zoomed each 260x40 window by 0.5 with a linear spline
   (``scipy.ndimage.zoom(..., order=1)``, no prefilter), batml averages 2x2 blocks of the whole
   spectrogram once: with these weights the difference is within the noise of the
-  measurement (detection AP 0.573 against 0.569, top-1 group accuracy 74.2 % against 73.5 %
-  on the Tadarida sample), so batml's zoom is kept. The other steps agree: Hann window of
+  measurement and goes either way (detection AP 0.573 against 0.569 on the Tadarida sample,
+  0.835 against 0.839 on the simulated one, 0.571 against 0.606 on the 27 real annotated
+  calls; top-1 group accuracy within 1.1 points), so batml's zoom is kept. The other steps agree: Hann window of
   ``int(0.002322 * real rate)`` samples, 75 % overlap, power, FFT bins 11..270 with zeros
   above Nyquist, 16-bit sample units, per-frequency means subtracted separately over frames
   whose mean log-magnitude exceeds 0.5 and the others, clipped at 0, Gaussian smoothing of
