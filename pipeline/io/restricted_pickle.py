@@ -28,10 +28,6 @@ from numpy.lib import format as npy_format
 _LATIN1 = frozenset({"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"})
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """A pickle asked for a callable outside the allow-list (raised only if ``refuse`` returns it)."""
-
-
 def _latin1_bytes(text, encoding: str = "latin1", errors: str = "strict") -> bytes:
     """``_codecs.encode`` restricted to what array pickles use: ``str`` to latin-1 bytes."""
     if not isinstance(text, str) or str(encoding).lower() not in _LATIN1 or errors != "strict":
