@@ -129,9 +129,20 @@ class SpectrogramSettings(_Settings):
     min_sample_rate
         Real-time sample rates below this (Hz) cannot hold bat ultrasound; such files are
         rejected with a reason (set a time-expansion factor for time-expanded files).
+    log_scale_expansion
+        The log scaling uses the rate ``real_rate / log_scale_expansion``:
+        ``log(1 + 2 * log_scale_expansion / (real_rate * sum(hann**2)) * power)``. 1 (default)
+        scales with the real rate. The reference system assumed audio time-expanded x10 and
+        scaled with the expanded rate, a tenth of the real one: its published networks need 10
+        (:mod:`pipeline.model.reference`).
     """
 
     section = "spectrogram"
+
+    #: Settings added after the first feature version, left out of :meth:`to_dict` (and so
+    #: of the fingerprint) while they hold this value, so that cubes and models made before
+    #: they existed keep their fingerprint.
+    optional_defaults = {"log_scale_expansion": 1.0}
 
     window_s: float = 0.002322
     overlap: float = 0.75
@@ -141,6 +152,16 @@ class SpectrogramSettings(_Settings):
     smoothing_sigma: float = 1.0
     zoom: int = 2
     min_sample_rate: float = 96_000.0
+    log_scale_expansion: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        for name, default in self.optional_defaults.items():
+            if values[name] == default:
+                del values[name]
+            else:  # 10 and 10.0 must give one fingerprint
+                values[name] = type(default)(values[name])
+        return values
 
     def validate(self, source: str = "settings") -> None:
         problems = []
@@ -158,6 +179,8 @@ class SpectrogramSettings(_Settings):
             problems.append(f"zoom={self.zoom} must be >= 1")
         if self.min_sample_rate <= 0:
             problems.append(f"min_sample_rate={self.min_sample_rate} must be > 0")
+        if not self.log_scale_expansion > 0:
+            problems.append(f"log_scale_expansion={self.log_scale_expansion} must be > 0")
         if problems:
             raise SettingsError(f"{source}: [spectrogram] " + "; ".join(problems))
 

@@ -4,7 +4,8 @@ From samples to the model-ready spectrogram, in the reference system's order:
 
 1. :func:`frame_power` - Hann-windowed frames of ``window_s`` with ``overlap``, power
    spectrum, FFT bins ``min_bin..max_bin`` kept (zero where above Nyquist);
-2. :func:`log_scale` - ``log(1 + 2 / (rate * sum(hann**2)) * power)``;
+2. :func:`log_scale` - ``log(1 + 2 / (rate * sum(hann**2)) * power)``, ``rate`` the real rate
+   divided by ``log_scale_expansion`` (1 by default; the reference system's networks need 10);
 3. :func:`denoise` - frames whose mean log-magnitude exceeds ``active_threshold`` are
    "active"; the per-frequency mean is subtracted separately over active and inactive
    frames (:class:`DenoiseStatistics`), then clipped at 0;
@@ -119,10 +120,12 @@ def log_scale(
 ) -> np.ndarray:
     """The reference system's log compression of a power spectrogram (float32).
 
-    With ``overwrite``, a float32 ``power`` is replaced by the result (saves a copy).
+    The rate in the scaling is ``real_rate / settings.log_scale_expansion``. With
+    ``overwrite``, a float32 ``power`` is replaced by the result (saves a copy).
     """
     window = np.hanning(settings.nfft(real_rate))
-    scale = np.float32(2.0 / (real_rate * np.sum(window**2)))
+    rate = real_rate / settings.log_scale_expansion
+    scale = np.float32(2.0 / (rate * np.sum(window**2)))
     out = power if overwrite and power.dtype == np.float32 else None
     scaled = np.multiply(power, scale, out=out, dtype=np.float32)
     return np.log1p(scaled, out=scaled)

@@ -64,13 +64,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.io.cube import CubeError
     from pipeline.model.bundle import BundleError
     from pipeline.model.params import ParamsError
+    from pipeline.model.reference import ReferenceModelError
     from pipeline.outputs.folder import DetectionsError
     from pipeline.simulation.settings import SimulationError
     from pipeline.training import TrainingError
 
     return (
         SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
-        TrainingError, DetectionsError, SimulationError, FileNotFoundError, PermissionError, *_plot_errors(),
+        TrainingError, DetectionsError, SimulationError, ReferenceModelError, FileNotFoundError, PermissionError, *_plot_errors(),
     )  # fmt: skip
 
 

@@ -32,30 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy._core.multiarray import _reconstruct, scalar
-from numpy._core.numeric import _frombuffer
 from numpy.lib import format as npy_format
 
 from pipeline.config import REFERENCE_GROUPS
 from pipeline.files import atomic_path
+from pipeline.io.restricted_pickle import read_npy_bytes
 
 SPLITS = ("train", "test")
 
 #: Fixed timestamp of every zip entry, so that the same content gives the same bytes.
 _ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-
-#: The only globals an untrusted pickle may name: what numpy 1.x and 2.x use to rebuild
-#: arrays, dtypes and scalars. None of them can run code or touch files.
-_SAFE_GLOBALS = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy.core.multiarray", "scalar"): scalar,
-    ("numpy._core.multiarray", "scalar"): scalar,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-}
 
 class AnnotationError(ValueError):
     """An annotation file that cannot be used; its message is one line naming the file."""
@@ -175,39 +161,28 @@ def write_reference_npz(path: str | os.PathLike, train: Sequence[RecordingCalls]
 # Reading
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles plain numpy arrays only; any other global is refused with an AnnotationError."""
+def _refusal(source: Path):
+    """The AnnotationError for a pickle in ``source`` naming a global outside the allow-list."""
 
-    def __init__(self, file, source: Path):
-        super().__init__(file, encoding="latin1")
-        self._source = source
+    def refuse(module: str, name: str) -> AnnotationError:
+        return AnnotationError(
+            f"{source}: holds a pickled {module}.{name}, and unpickling it could run code; "
+            "only plain numpy arrays are read. If you made this file yourself, pass --trust-npz "
+            f"(trust=True in Python), or convert it once: batml convert {source} --trust-npz -o calls.csv"
+        )
 
-    def find_class(self, module: str, name: str):
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise AnnotationError(
-                f"{self._source}: holds a pickled {module}.{name}, and unpickling it could run code; "
-                "only plain numpy arrays are read. If you made this file yourself, pass --trust-npz "
-                f"(trust=True in Python), or convert it once: batml convert {self._source} --trust-npz -o calls.csv"
-            ) from None
+    return refuse
 
 
 def _load_member(archive: zipfile.ZipFile, member: str, source: Path, trust: bool) -> np.ndarray:
-    """Read one ``.npy`` member; object arrays go through the allow-list unless ``trust``."""
-    buffer = io.BytesIO(archive.read(member))
-    version = npy_format.read_magic(buffer)
-    if version == (1, 0):
-        _, _, dtype = npy_format.read_array_header_1_0(buffer)
-    else:
-        _, _, dtype = npy_format.read_array_header_2_0(buffer)
-    if dtype.hasobject and not trust:
-        array = _ArrayUnpickler(buffer, source).load()
-        if not isinstance(array, np.ndarray):
-            raise AnnotationError(f"{source}: {member} does not hold an array")
-        return array
-    buffer.seek(0)
-    return npy_format.read_array(buffer, allow_pickle=trust, pickle_kwargs={"encoding": "latin1"})
+    """Read one ``.npy`` member; object arrays go through the allow-list unless ``trust``
+    (:mod:`pipeline.io.restricted_pickle`)."""
+    try:
+        return read_npy_bytes(archive.read(member), _refusal(source), trust=trust)
+    except ValueError as exc:
+        if isinstance(exc, AnnotationError):
+            raise
+        raise ValueError(f"{member}: {exc}") from None
 
 
 def _load_fields(path: Path, trust: bool) -> dict[str, np.ndarray]:

@@ -13,7 +13,9 @@ The manifest holds the format version, the architecture's name, the class names,
 thresholds (``"detection"`` and one per class), the spectrogram settings with their
 fingerprint, the training summary, the metrics, the hyperparameters by row, the versions of
 batml and of its libraries, the creation time (UTC) and, under ``"files"``, each file's sha256
-and role (``"network:<row>"`` or ``"booster:<name>"``).
+and role (``"network:<row>"`` or ``"booster:<name>"``). A model made from weights published
+elsewhere also records their ``"source"``, and a model with restricted terms of use its
+``"licence"``.
 
 :func:`save_bundle` builds a bundle next to its destination and renames it into place, so an
 interrupted save leaves the previous model (or nothing new) behind, never half a model.
@@ -137,6 +139,11 @@ class ModelBundle:
         return self.spectrogram.fingerprint()
 
     @property
+    def licence(self) -> str | None:
+        """The terms of use recorded in the manifest (``None``: none beyond batml's own)."""
+        return self.manifest.get("licence")
+
+    @property
     def spec(self) -> Architecture:
         """The :class:`~pipeline.model.registry.Architecture` named by :attr:`architecture`."""
         return get_architecture(self.architecture)
@@ -251,7 +258,8 @@ def save_bundle(
     training: Mapping[str, Any],
     metrics: Mapping[str, Any],
     params: Mapping[str, Mapping[str, Any]],
-    sources: list[Mapping[str, Any]] | None = None,
+    source: Mapping[str, Any] | None = None,
+    licence: str | None = None,
 ) -> Path:
     """Save a trained model as a bundle directory, replacing any bundle at ``path`` atomically.
 
@@ -284,10 +292,13 @@ def save_bundle(
         non-finite floats become ``null``).
     params : Mapping of str to Mapping
         The hyperparameters by row (``{"cnn_8": {...}, "xgboost_spectrogram": {...}}``).
-    sources : list of Mapping, optional
-        What the model was made from that carries terms of use: data and weights, each
-        ``{"what": ..., "licence": ..., "url": ...}`` (a fine-tuned model inherits its
-        parent's); kept in the manifest as ``sources`` and shown where the model is used.
+    source : Mapping, optional
+        Where weights made elsewhere came from (repository, commit, file, sha256...), for a
+        model converted rather than trained here; the manifest's ``"source"``.
+    licence : str, optional
+        The terms the model may be used under, when they restrict its use (e.g. weights or
+        training data under a non-commercial licence); the manifest's ``"licence"``, which
+        :attr:`ModelBundle.licence` returns.
 
     Returns
     -------
@@ -325,7 +336,8 @@ def save_bundle(
         "training": _json_ready(path, "training summary", training),
         "metrics": _json_ready(path, "metrics", metrics),
         "hyperparameters": _json_ready(path, "hyperparameters", params),
-        "sources": _json_ready(path, "sources", list(sources or [])),
+        **({"source": _json_ready(path, "source", dict(source))} if source else {}),
+        **({"licence": str(licence)} if licence else {}),
         "package_version": __version__,
         "library_versions": _library_versions(),
         "created": _utc_now(),

@@ -6,8 +6,8 @@ output layer when the class list changed (a new output layer, freshly initialise
 classes), all of them when it did not. Training then runs in two phases
 (:func:`pipeline.training.networks.fit_networks`): the new layers alone, the parent's frozen,
 then every layer at a lower learning rate; a hybrid's boosters are trained anew on the new
-embeddings. The new bundle's manifest records its parent and carries the parent's sources and
-licences (a model made from research-only weights stays research-only).
+embeddings. The new bundle's manifest records its parent and carries the parent's source and
+licence (a model made from research-only weights stays research-only).
 """
 
 from __future__ import annotations
@@ -97,9 +97,7 @@ def parent_record(parent, new_layers: dict[str, list[str]]) -> dict:
     }
 
 
-def inherited_sources(parent) -> list[dict]:
-    """The sources (data, weights) and licences a model trained from ``parent`` inherits."""
-    if parent is None:
-        return []
-    own = {"what": f"weights of the parent model {parent.path} ({parent.architecture})"}
-    return [*parent.manifest.get("sources", []), own]
+def joined_licence(*licences: str | None) -> str | None:
+    """The terms of use of a model made from several things (weights, data), each kept once."""
+    kept = list(dict.fromkeys(str(item).strip() for item in licences if item and str(item).strip()))
+    return "; ".join(kept) or None

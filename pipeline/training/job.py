@@ -31,7 +31,7 @@ from pipeline.files import check_writable
 from pipeline.model.predictor import Predictor, inference_network
 from pipeline.training import TrainingError
 from pipeline.training.boosters import fit_hybrid_boosters
-from pipeline.training.fine_tuning import inherited_sources, load_parent, parent_record, transfer_weights
+from pipeline.training.fine_tuning import joined_licence, load_parent, parent_record, transfer_weights
 from pipeline.training.hard_negatives import hard_examples
 from pipeline.training.networks import fit_networks
 
@@ -48,6 +48,8 @@ class TrainSettings:
     seed : random seed (sampling, splits, initial weights, XGBoost)
     epochs : cap on training epochs (default: the CSV's, 200 with early stopping)
     networks_csv, xgboost_csv : the user's hyperparameter CSVs (default: the packaged ones)
+    licence : the terms of use of the training data, when they restrict the model's use (e.g.
+        ``"CC BY-NC 4.0 (recordings of ...)"``): kept in the manifest and shown where it is used
     parent : a model bundle to fine-tune (its networks' weights are the starting point; its
         output layer is replaced when the class list differs); None trains from scratch
     head_epochs : fine-tuning: epochs (at most) of the first phase, the parent's layers frozen
@@ -61,6 +63,7 @@ class TrainSettings:
     epochs: int | None = None
     networks_csv: str | None = None
     xgboost_csv: str | None = None
+    licence: str | None = None
     parent: str | None = None
     head_epochs: int = 30
     fine_tune_rate: float = 0.1
@@ -160,12 +163,21 @@ def train_model(
     out: Path,
     progress: bool = True,
     audio_dir: str | os.PathLike | None = None,
+    pretrained: dict | None = None,
+    source: dict | None = None,
+    licence: str | None = None,
 ) -> TrainReport:
     """Train, tune, evaluate and save one model from annotations and an existing cube.
 
     Annotated recordings that cannot be used are left out, each with one line in
     ``report.problems`` (see :func:`usable_annotations`; ``audio_dir``, when given, is the
     folder no recording may lead out of through a symbolic link).
+
+    ``pretrained`` (one Keras network per row of the architecture) are kept as they are:
+    only a hybrid's boosters are trained, on their embeddings, then the thresholds are tuned
+    (:mod:`pipeline.model.reference`). ``source`` and ``licence`` go to the bundle's manifest
+    (see :func:`pipeline.model.bundle.save_bundle`); a fine-tuned model inherits its parent's,
+    and ``settings.licence`` (the training data's terms) joins them.
     """
     import keras
 
@@ -194,11 +206,15 @@ def train_model(
         if round_ > 0:  # the reference system's HNM: mine with the last model, retrain from scratch
             train_samples = hard_examples(predictor, cube, fit_recs, classes, train_samples)
         keras.utils.set_random_seed(settings.seed + round_)
-        networks = build_networks(arch, len(classes), rows)
-        new_layers = transfer_weights(parent, networks) if parent is not None else None
-        histories = fit_networks(
-            arch, networks, rows, str(cube_path), train_samples, val_samples, settings, progress, new_layers=new_layers
-        )
+        if pretrained is not None:  # kept as they are; a hybrid's boosters are still trained
+            networks, histories, new_layers = dict(pretrained), {}, None
+        else:
+            networks = build_networks(arch, len(classes), rows)
+            new_layers = transfer_weights(parent, networks) if parent is not None else None
+            histories = fit_networks(
+                arch, networks, rows, str(cube_path), train_samples, val_samples, settings, progress,
+                new_layers=new_layers,
+            )  # fmt: skip
         boosters = None
         if arch.hybrid:
             boosters = fit_hybrid_boosters(client, arch, networks, cube_path, train_samples, booster_params, settings)
@@ -219,13 +235,15 @@ def train_model(
             "recordings": {"fit": len(fit_recs), "validation": len(val_recs), "test": len(annotations.test)},
             "hnm_rounds": settings.hnm_rounds,
             "seed": settings.seed,
+            "pretrained_networks": pretrained is not None,
             "histories": histories,
             "cube": str(cube_path),
             "seconds": time.perf_counter() - t0,
             "annotations": annotations.source,
             **({"parent": parent_record(parent, new_layers)} if parent is not None else {}),
         },
-        sources=inherited_sources(parent),
+        source=source if source is not None else (parent.manifest.get("source") if parent is not None else None),
+        licence=joined_licence(licence, parent.licence if parent is not None else None, settings.licence),
         metrics=report.metrics,
         params={**rows, **({"xgboost": booster_params} if arch.hybrid else {})},
     )
@@ -249,6 +267,9 @@ def train(
     client=None,
     n_workers: int | None = None,
     progress: bool = True,
+    pretrained: dict | None = None,
+    source: dict | None = None,
+    licence: str | None = None,
 ) -> TrainReport:
     """Train a model on annotated recordings: ``batml train`` from Python.
 
@@ -267,6 +288,7 @@ def train(
         ``non_echolocation``, ``detection_only``...)
     cluster, client, n_workers : where to run (see :func:`pipeline.distributed.connect`)
     progress : progress bars
+    pretrained, source, licence : see :func:`train_model`
     """
     from pipeline.distributed import connect
     from pipeline.ingestion import ingest
@@ -287,7 +309,8 @@ def train(
         ingest(audio_dir, cube, settings=run_settings, client=client, progress=progress).require_complete()
         return train_model(
             annotations, cube, settings, client=client, spectrogram_settings=run_settings.spectrogram,
-            out=out, progress=progress, audio_dir=audio_dir,
+            out=out, progress=progress, audio_dir=audio_dir, pretrained=pretrained, source=source,
+            licence=licence,
         )  # fmt: skip
 
 
