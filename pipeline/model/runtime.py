@@ -120,7 +120,7 @@ def _session(model, engine: str, threads: int, precision: str):
         if engine == "onnxruntime":
             return _OnnxRuntimeSession(model, threads)
         return _OpenVinoSession(model, threads, precision)
-    except (RuntimeError, ValueError, OSError) as exc:  # both engines raise RuntimeError subclasses
+    except Exception as exc:  # noqa: BLE001 - the engines' own exception types (not RuntimeError for ORT's)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeModelError(f"{where}: {engine} cannot load it ({first})") from None
 
@@ -185,6 +185,7 @@ class NetworkRuntime:
         self._windows = _session(_model_source(window_model), engine, self.threads, precision)
         self._strip = None if strip_model is None else _session(_model_source(strip_model), engine, self.threads, precision)
         self.rows = int(self._windows.input_shape[1])
+        self._n_outputs: int | None = None
         if self.boosters and int(self._windows.input_shape[2] or self.width) != self.width:
             raise RuntimeModelError(f"the window graph takes {self._windows.input_shape[2]} columns, not {self.width}")
 
@@ -235,8 +236,10 @@ class NetworkRuntime:
         """K + 1: the columns of the probabilities."""
         if self.boosters:
             return len(self.boosters)
-        probe = self._windows.run(np.zeros((1, self.rows, self.width, 1), np.float32))
-        return int(probe["probabilities"].shape[1])
+        if self._n_outputs is None:
+            probe = self._windows.run(np.zeros((1, self.rows, self.width, 1), np.float32))
+            self._n_outputs = int(probe["probabilities"].shape[1])
+        return self._n_outputs
 
     # --- strips ---------------------------------------------------------------------------
 
@@ -284,6 +287,32 @@ class NetworkRuntime:
             return StripScores(np.zeros((0, self.n_outputs), np.float32), np.zeros((0, units), np.float32))
         head, embedding = np.concatenate(heads), np.concatenate(embeddings)
         return StripScores(self._final(head, embedding), embedding)
+
+    def column_probabilities(self, spectrogram: np.ndarray, *, piece_windows: int = PIECE_WINDOWS) -> np.ndarray:
+        """What :func:`pipeline.detect.column_probabilities` gives (every window, dense), by strips.
+
+        Parameters
+        ----------
+        spectrogram : array, shape (n_columns, rows)
+            A recording's model-ready spectrogram, time first (as the cube holds it).
+        piece_windows : int
+            As :meth:`strip`.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(n_columns, K + 1)``: row ``c`` scores the window starting at column ``c``;
+            the last ``width - 1`` columns, which start no complete window, are "not call".
+        """
+        spectrogram = np.asarray(spectrogram, dtype=np.float32)
+        if spectrogram.ndim != 2:
+            raise ValueError(f"a spectrogram is (n_columns, rows), not of shape {spectrogram.shape}")
+        scores = self.strip(spectrogram.T, piece_windows=piece_windows)
+        n_outputs = scores.probabilities.shape[1]
+        probs = np.zeros((spectrogram.shape[0], n_outputs), np.float32)
+        probs[:, 0] = 1.0
+        probs[: len(scores.probabilities)] = scores.probabilities
+        return probs
 
     # --- boosters ---------------------------------------------------------------------------
 

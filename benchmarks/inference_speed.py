@@ -1,0 +1,260 @@
+"""Cost and accuracy of the ways to score windows: Keras per window, strip passes, ONNX engines.
+
+On the real dense bat passes ``../shared/data/real/unannotated/0166_*.wav`` (Batlogger, 5 x 4 s;
+CC BY-NC 4.0, from the batdetect2 repository; spectrogram by :func:`pipeline.spectrogram.spectrogram`),
+on ONE thread, CPU time by ``time.process_time()`` (every thread of this process counted), it
+prints seconds of audio per CPU-second and microseconds per column of the network alone
+(its head and its 320-value embedding, every window scored) for:
+
+- Keras per window (batches of 256 windows), for the per-window network (``--model``, default the
+  bundled ``cnn_8``) and the valid-time one (``--dense-model``, a bundle trained with
+  ``cnn_8_dense``; default: ``cnn_8_dense`` with random weights, for speed only);
+- Keras strip: the fully convolutional pass (:func:`pipeline.model.dense_scoring.strip_network`);
+- ONNX Runtime and OpenVINO, windows and strips, float32, bf16 (OpenVINO) and int8
+  (:func:`pipeline.model.export.quantized_int8`, calibrated on the simulated training split);
+
+then the boosters of the bundled hybrid on 320-value embeddings: XGBoost ``inplace_predict``
+against a tl2cgen-compiled predictor, per window, and the fraction of windows the default
+``booster_gate`` lets through on these files; and, when ``--archive`` (a simulated archive with a
+test split) and ``--dense-model`` are given, the detection AP and class mAP of each path on the
+test split, through batml's detection and evaluation (:mod:`pipeline.model.accuracy`).
+
+Usage::
+
+    python benchmarks/inference_speed.py [--model DIR] [--dense-model DIR] [--archive SIM_DIR --cube CUBE]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "unannotated"
+WIDTH = 20
+
+
+def cpu_seconds(function, repeat: int = 2) -> float:
+    """The least CPU time (s, all threads of this process) of ``repeat`` runs, after a warm-up."""
+    function()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.process_time()
+        function()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def real_spectrograms() -> tuple[list[np.ndarray], float]:
+    """The model-ready spectrograms (n_columns, 130) of the 0166 files, and their seconds of audio."""
+    import soundfile as sf
+
+    from pipeline.config import SpectrogramSettings
+    from pipeline.io.audio import read_samples
+    from pipeline.spectrogram import spectrogram
+
+    files = sorted(REAL.glob("0166_*.wav"))
+    if not files:
+        raise SystemExit(f"no 0166_*.wav in {REAL} (see ../shared/data/README.md)")
+    spectrograms, seconds = [], 0.0
+    for f in files:
+        info = sf.info(str(f))
+        spectrograms.append(spectrogram(read_samples(f), info.samplerate, SpectrogramSettings()).astype(np.float32))
+        seconds += info.duration
+    return spectrograms, seconds
+
+
+def windows_of(spectrograms):
+    from pipeline.detect import recording_windows
+
+    for s in spectrograms:
+        n = s.shape[0] - WIDTH + 1
+        for start in range(0, n, 256):
+            yield recording_windows(s, np.arange(start, min(start + 256, n)))
+
+
+def load_network(bundle_dir):
+    """The bundle's (first) network and its boosters (None when not a hybrid)."""
+    from pipeline.model.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    network = bundle.network(bundle.spec.network_rows[0])
+    return network, (bundle.boosters() or None), bundle
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="per-window model bundle (default: the bundled one)")
+    parser.add_argument("--dense-model", help="model bundle trained with a valid-time row (cnn_8_dense)")
+    parser.add_argument("--archive", type=Path, help="simulated archive (its annotations.npz) for AP")
+    parser.add_argument("--cube", type=Path, help="the archive's spectrogram cube (as batml train made it)")
+    parser.add_argument("--piece", type=int, nargs="+", default=[256, 2048, 8192], help="strip piece sizes (windows)")
+    parser.add_argument("--skip-keras", action="store_true")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    from pipeline.model.dense_scoring import strip_network
+    from pipeline.model.export import quantized_int8, strip_graph, window_graph
+    from pipeline.model.runtime import NetworkRuntime
+    from pipeline.train import embedding_and_head
+
+    model_dir = args.model or str(Path(__file__).resolve().parents[1] / "pipeline" / "model" / "default")
+    window_net, boosters, _ = load_network(model_dir)
+    if args.dense_model:
+        dense_net, dense_boosters, dense_bundle = load_network(args.dense_model)
+    else:
+        from pipeline.model.cnn import build_cnn
+        from pipeline.model.params import load_params
+
+        keras.utils.set_random_seed(0)
+        dense_net, dense_boosters, dense_bundle = build_cnn(8, load_params("cnn_8_dense"), name="cnn_8_dense"), None, None
+
+    spectrograms, seconds = real_spectrograms()
+    n_columns = sum(s.shape[0] for s in spectrograms)
+    print(f"real files: {len(spectrograms)} recordings, {seconds:.1f} s of audio, {n_columns} columns; one thread")
+
+    calibration_strips, calibration_windows = calibration_data(args, spectrograms)
+    rows = []
+
+    def record(name, seconds_cpu):
+        rows.append((name, seconds / seconds_cpu, 1e6 * seconds_cpu / n_columns))
+        print(f"  {name:<44} {seconds / seconds_cpu:8.1f} s audio/CPU-s {1e6 * seconds_cpu / n_columns:9.1f} us/column", flush=True)
+
+    print("network (head + embedding), every window:")
+    if not args.skip_keras:
+        for label, net in (("cnn_8", window_net), (dense_net.name, dense_net)):
+            both = embedding_and_head(net)
+            record(f"keras windows {label}", cpu_seconds(lambda: [both(w, training=False) for w in windows_of(spectrograms)], 1))
+        strip_twin = strip_network(dense_net)
+        record(f"keras strip {dense_net.name} (2048)", cpu_seconds(
+            lambda: [strip_twin(s.T[None, :, i : i + 2048 + WIDTH - 1, None], training=False)
+                     for s in spectrograms for i in range(0, s.shape[0] - WIDTH + 1, 2048)], 1))  # fmt: skip
+
+    graphs = {
+        "windows cnn_8": window_graph(window_net),
+        f"windows {dense_net.name}": window_graph(dense_net),
+        f"strip {dense_net.name}": strip_graph(dense_net),
+    }
+    graphs["windows cnn_8 int8"] = quantized_int8(graphs["windows cnn_8"], calibration_windows)
+    graphs[f"strip {dense_net.name} int8"] = quantized_int8(graphs[f"strip {dense_net.name}"], calibration_strips)
+    runtimes = {}
+    for engine in ("onnxruntime", "openvino"):
+        for name, graph in graphs.items():
+            precisions = ["f32", "bf16"] if engine == "openvino" and "int8" not in name else ["f32"]
+            for precision in precisions:
+                label = f"{engine} {name}{' bf16' if precision == 'bf16' else ''}"
+                if name.startswith("windows"):
+                    rt = NetworkRuntime(graph, engine=engine, precision=precision)
+                    record(label, cpu_seconds(lambda: [rt.embed(w) for w in windows_of(spectrograms)]))
+                else:
+                    rt = NetworkRuntime(graphs[f"windows {dense_net.name}"], graph, engine=engine, precision=precision)
+                    for piece in args.piece:
+                        record(f"{label} ({piece})", cpu_seconds(lambda: [rt.strip(s.T, piece_windows=piece) for s in spectrograms]))
+                    runtimes[label] = rt
+    best = max((r for r in rows if r[0].startswith(("onnxruntime", "openvino"))), key=lambda r: r[1])
+    print(f"fastest: {best[0]}: {best[1]:.1f} s of audio per CPU-second")
+
+    if boosters:
+        booster_costs(window_net, boosters, spectrograms)
+    if args.archive and args.dense_model:
+        accuracy(args, dense_net, dense_bundle, dense_boosters, runtimes)
+
+
+def calibration_data(args, spectrograms):
+    """Strips (130, 2067) and window batches for int8 calibration: the simulated archive's
+    training split when given, else the real files (then the int8 AP is optimistic)."""
+    from pipeline.detect import recording_windows
+
+    sources = spectrograms
+    if args.archive and args.cube:
+        from pipeline.io.cube import open_cube
+        from pipeline.sampling import match_recordings
+        from pipeline.train import read_annotations
+
+        cube = open_cube(args.cube)
+        train = read_annotations(args.archive / "annotations.npz").train
+        indices, _ = match_recordings(cube, [rec.file for rec in train])
+        sources = [cube.batml.recording(r)["spectrogram"].values.astype(np.float32) for r in indices if r is not None][:40]
+    strips = [s.T[:, i : i + 512 + WIDTH - 1] for s in sources for i in range(0, s.shape[0] - 512 - WIDTH, 4096)]
+    rng = np.random.default_rng(0)
+    strips = [strips[i] for i in rng.permutation(len(strips))[:24]]
+    windows = [recording_windows(s.T, np.arange(0, s.shape[1] - WIDTH + 1, 8)[:128]) for s in strips]
+    return strips, windows
+
+
+def booster_costs(network, boosters, spectrograms) -> None:
+    """Per-window cost of the hybrid's boosters: inplace_predict against tl2cgen."""
+    import tl2cgen
+    import treelite
+
+    from pipeline.model.export import window_graph
+    from pipeline.model.runtime import NetworkRuntime, booster_probabilities
+
+    rt = NetworkRuntime(window_graph(network))
+    heads, embeddings = zip(*(rt.embed(w) for w in windows_of(spectrograms)))
+    head, embedding = np.concatenate(heads), np.concatenate(embeddings)
+    n = len(embedding)
+    for b in boosters.values():
+        b.set_param({"nthread": 1})
+    t_xgb = cpu_seconds(lambda: booster_probabilities(boosters, embedding))
+    print(f"boosters ({len(boosters)}) on {n} embeddings of 320 values, one thread:")
+    print(f"  xgboost inplace_predict   {1e6 * t_xgb / n:8.2f} us/window")
+    with tempfile.TemporaryDirectory(prefix="batml-tl2cgen-") as tmp:
+        predictors = []
+        for j, b in enumerate(boosters.values()):
+            lib = Path(tmp) / f"booster_{j}.so"
+            tl2cgen.export_lib(treelite.frontend.from_xgboost(b), toolchain="gcc", libpath=str(lib),
+                               params={"parallel_comp": 8})  # fmt: skip
+            predictors.append(tl2cgen.Predictor(str(lib), nthread=1))
+        matrix = tl2cgen.DMatrix(embedding, dtype="float32")
+
+        def compiled():
+            return np.column_stack([p.predict(matrix).reshape(n, -1)[:, -1] for p in predictors])
+
+        t_tl = cpu_seconds(compiled)
+        diff = float(np.abs(compiled() - booster_probabilities(boosters, embedding)).max())
+        print(f"  tl2cgen compiled (gcc)    {1e6 * t_tl / n:8.2f} us/window  (max |difference| {diff:.2g})")
+    for gate in (0.01, 0.05):
+        share = float(np.mean((1.0 - head[:, 0]) >= gate))
+        print(f"  booster_gate {gate}: boosters on {100 * share:.1f} % of the windows of these dense passes")
+
+
+def accuracy(args, network, bundle, boosters, runtimes) -> None:
+    """Detection AP and class mAP of the paths on the simulated test split."""
+    from pipeline.detect import column_probabilities
+    from pipeline.io.cube import open_cube
+    from pipeline.model.accuracy import scorer_accuracy
+    from pipeline.train import Predictor, read_annotations
+
+    cube = open_cube(args.cube)
+    annotations = read_annotations(args.archive / "annotations.npz")
+    predictor = Predictor.from_bundle(bundle)
+    paths = {"keras windows (float reference)": lambda s: column_probabilities(predictor, s)}
+    for label, rt in runtimes.items():
+        if boosters:
+            rt.boosters = boosters
+        paths[label] = rt.column_probabilities
+    print(f"accuracy on the simulated test split ({len(annotations.test)} recordings):")
+    reference = None
+    for label, score in paths.items():
+        result = scorer_accuracy(score, cube, annotations.test, bundle.classes)
+        reference = reference or result
+        print(f"  {label:<44} AP {result.detection_ap:.4f} ({result.detection_ap - reference.detection_ap:+.4f})"
+              f"  mAP {result.class_map:.4f} ({result.class_map - reference.class_map:+.4f})", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
