@@ -98,6 +98,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cube", type=Path, help="the archive's spectrogram cube (as batml train made it)")
     parser.add_argument("--piece", type=int, nargs="+", default=[256, 2048, 8192], help="strip piece sizes (windows)")
     parser.add_argument("--skip-keras", action="store_true")
+    parser.add_argument("--sections", nargs="+", default=["network", "boosters", "accuracy"],
+                        choices=["network", "boosters", "accuracy"], help="what to measure (default: all)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -126,6 +128,11 @@ def main(argv=None) -> None:
     n_columns = sum(s.shape[0] for s in spectrograms)
     print(f"real files: {len(spectrograms)} recordings, {seconds:.1f} s of audio, {n_columns} columns; one thread")
 
+    if "network" not in args.sections:
+        if boosters and "boosters" in args.sections:
+            booster_costs(window_net, boosters, spectrograms)
+            booster_policies(args, window_net, boosters, spectrograms)
+        return
     calibration_strips, calibration_windows = calibration_data(args, spectrograms)
     rows = []
 
@@ -167,9 +174,10 @@ def main(argv=None) -> None:
     best = max((r for r in rows if r[0].startswith(("onnxruntime", "openvino"))), key=lambda r: r[1])
     print(f"fastest: {best[0]}: {best[1]:.1f} s of audio per CPU-second")
 
-    if boosters:
+    if boosters and "boosters" in args.sections:
         booster_costs(window_net, boosters, spectrograms)
-    if args.archive and args.dense_model:
+        booster_policies(args, window_net, boosters, spectrograms)
+    if args.archive and args.dense_model and "accuracy" in args.sections:
         accuracy(args, dense_net, dense_bundle, dense_boosters, runtimes)
 
 
@@ -230,6 +238,56 @@ def booster_costs(network, boosters, spectrograms) -> None:
     for gate in (0.01, 0.05):
         share = float(np.mean((1.0 - head[:, 0]) >= gate))
         print(f"  booster_gate {gate}: boosters on {100 * share:.1f} % of the windows of these dense passes")
+
+
+def booster_policies(args, network, boosters, spectrograms) -> None:
+    """Where a hybrid's boosters run: every window, ``booster_gate``, or near the head's NMS
+    peaks (:func:`pipeline.model.runtime.booster_columns`): the share of windows on the real
+    dense passes, and the AP and mAP on the simulated test split."""
+    from pipeline.detect import recording_windows
+    from pipeline.model.export import window_graph
+    from pipeline.model.runtime import NetworkRuntime, booster_columns, hybrid_probabilities
+
+    runtime = NetworkRuntime(window_graph(network))
+    cache: dict = {}
+
+    def head_and_embedding(spec):
+        key = (spec.shape, float(spec.sum()))
+        if key not in cache:
+            n = max(spec.shape[0] - WIDTH + 1, 0)
+            head = np.zeros((spec.shape[0], 8), np.float32)
+            head[:, 0] = 1.0
+            embedding = np.zeros((spec.shape[0], 320), np.float32)
+            for start in range(0, n, 256):
+                columns = np.arange(start, min(start + 256, n))
+                head[columns], embedding[columns] = runtime.embed(recording_windows(spec, columns))
+            cache[key] = head, embedding
+        return cache[key]
+
+    policies = {
+        "everywhere": lambda head: np.ones(len(head), bool),
+        "booster_gate 0.01": lambda head: (1.0 - head[:, 0]) >= 0.01,
+        **{f"near head peaks, margin {m}": (lambda head, m=m: booster_columns(head, margin=m)) for m in (2, 3, 5)},
+    }
+    print("where the boosters run:")
+    for label, policy in policies.items():
+        share = np.mean(np.concatenate([policy(head_and_embedding(s)[0]) for s in spectrograms]))
+        line = f"  {label:<30} {100 * share:5.1f} % of the windows of the real dense passes"
+        if args.archive and args.cube:
+            from pipeline.io.cube import open_cube
+            from pipeline.model.accuracy import scorer_accuracy
+            from pipeline.train import read_annotations
+
+            cube = open_cube(args.cube)
+            annotations = read_annotations(args.archive / "annotations.npz")
+
+            def score(spec, policy=policy):
+                head, embedding = head_and_embedding(spec)
+                return hybrid_probabilities(head, embedding, boosters, policy(head))
+
+            result = scorer_accuracy(score, cube, annotations.test, annotations.classes)
+            line += f"; simulated test split: AP {result.detection_ap:.4f} mAP {result.class_map:.4f}"
+        print(line, flush=True)
 
 
 def accuracy(args, network, bundle, boosters, runtimes) -> None:

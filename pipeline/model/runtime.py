@@ -335,3 +335,62 @@ def booster_probabilities(boosters: Mapping, embeddings: np.ndarray) -> np.ndarr
     ``benchmarks/inference_speed.py``)."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     return np.column_stack([b.inplace_predict(embeddings) for b in boosters.values()]).astype(np.float32)
+
+
+def booster_columns(
+    head: np.ndarray,
+    *,
+    gate: float = 0.01,
+    margin: int = 3,
+    radius_columns: int = 10,
+    sigma_columns: float = 0.5,
+) -> np.ndarray:
+    """The columns where a hybrid's boosters must run: near the peaks of the network's head.
+
+    The boosters read the same embedding as the network's own head, so the peaks of their call
+    score lie where the head's do; only there can they make or move an event. A peak of the
+    head's smoothed call score (the NMS of :func:`pipeline.detect.find_detections`, same radius
+    and smoothing) that reaches ``gate`` marks its column and ``margin`` columns on each side.
+
+    Parameters
+    ----------
+    head : array, shape (n_columns, K + 1)
+        The network head's per-column probabilities, column 0 P(not call).
+    gate : float
+        Smallest head call score of a peak whose neighbourhood is scored.
+    margin : int
+        Columns on each side of such a peak also scored (at least the smoothing's reach, 2,
+        so that the smoothed booster probabilities at the peak are exact).
+    radius_columns, sigma_columns : int, float
+        The NMS radius and the smoothing of the detection (its defaults).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``(n_columns,)``; ``benchmarks/inference_speed.py`` measures the share of windows it
+        keeps on dense real passes and the AP it costs against boosters everywhere.
+    """
+    from pipeline.detect import call_score, smooth_probabilities
+    from pipeline.nms import peaks_1d
+
+    head = np.asarray(head, dtype=np.float32)
+    mask = np.zeros(len(head), bool)
+    if len(head) == 0:
+        return mask
+    score = call_score(smooth_probabilities(head, sigma_columns))
+    peaks = peaks_1d(score, int(radius_columns), np.float32(0.0))
+    peaks = peaks[score[peaks] >= np.float32(gate)]
+    for offset in range(-int(margin), int(margin) + 1):
+        near = peaks + offset
+        mask[near[(near >= 0) & (near < len(head))]] = True
+    return mask
+
+
+def hybrid_probabilities(head: np.ndarray, embedding: np.ndarray, boosters: Mapping, columns: np.ndarray) -> np.ndarray:
+    """A hybrid's per-column probabilities: its boosters at ``columns`` (a bool mask, e.g.
+    :func:`booster_columns`), the network's head elsewhere."""
+    probs = np.array(head, dtype=np.float32)
+    columns = np.asarray(columns, bool)
+    if columns.any():
+        probs[columns] = booster_probabilities(boosters, np.asarray(embedding)[columns])
+    return probs
