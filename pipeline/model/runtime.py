@@ -29,6 +29,10 @@ import numpy as np
 #: The inference engines a runtime can use (both read the same ONNX files).
 ENGINES = ("onnxruntime", "openvino")
 
+#: Windows per run of the window graph: bounds the memory of the first convolution's
+#: activations (256 x 130 x 20 x 48 float32 = 128 MB) whatever the batch a caller gives.
+BATCH_WINDOWS = 256
+
 #: Output windows per piece of a strip pass: bounds the memory of the first convolution's
 #: activations (48 filters x 130 rows x 2,048 columns x 4 bytes = 51 MB).
 PIECE_WINDOWS = 2048
@@ -49,10 +53,13 @@ class StripScores:
         where they ran, the network's head elsewhere; see :class:`NetworkRuntime`).
     embedding : numpy.ndarray
         float32 ``(n_windows, units)``: the network's layer ``embedding``.
+    stride : int
+        The strip graph's stride: row ``s`` is the window starting at column ``stride * s``.
     """
 
     probabilities: np.ndarray
     embedding: np.ndarray
+    stride: int = 1
 
 
 class _OnnxRuntimeSession:
@@ -132,6 +139,21 @@ def _model_source(model):
     return model
 
 
+def _metadata(source) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX graph (path or bytes); empty when unreadable (the
+    engine then says why it cannot load the graph)."""
+    import onnx
+
+    try:
+        if isinstance(source, bytes):
+            model = onnx.load_from_string(source)
+        else:
+            model = onnx.load(str(source), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's decode errors; reported by the engine
+        return {}
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 class NetworkRuntime:
     """A one-stage CNN model (``cnn8``, ``hybrid_cnn_xgboost`` and their valid-time variants)
     scoring windows and strips without TensorFlow.
@@ -183,7 +205,11 @@ class NetworkRuntime:
         self.boosters = dict(boosters) if boosters else None
         self.booster_gate = float(booster_gate)
         self._windows = _session(_model_source(window_model), engine, self.threads, precision)
-        self._strip = None if strip_model is None else _session(_model_source(strip_model), engine, self.threads, precision)
+        self._strip = self.stride = None
+        if strip_model is not None:
+            source = _model_source(strip_model)
+            self._strip = _session(source, engine, self.threads, precision)
+            self.stride = int(_metadata(source).get("stride", 1))
         self.rows = int(self._windows.input_shape[1])
         self._n_outputs: int | None = None
         if self.boosters and int(self._windows.input_shape[2] or self.width) != self.width:
@@ -223,13 +249,18 @@ class NetworkRuntime:
             raise ValueError(f"windows must be (b, {self.rows}, {self.width}, 1), not {windows.shape}")
         if len(windows) == 0:
             return np.zeros((0, self.n_outputs), np.float32)
-        out = self._windows.run(windows)
-        return self._final(out["probabilities"], out["embedding"])
+        return self._final(*self.embed(windows))
 
     def embed(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The network's own head ``(b, n_outputs)`` and embedding ``(b, units)`` of windows."""
-        out = self._windows.run(np.ascontiguousarray(windows, dtype=np.float32))
-        return out["probabilities"], out["embedding"]
+        """The network's own head ``(b, n_outputs)`` and embedding ``(b, units)`` of windows,
+        scored :data:`BATCH_WINDOWS` at a time."""
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        heads, embeddings = [], []
+        for start in range(0, max(len(windows), 1), BATCH_WINDOWS):
+            out = self._windows.run(windows[start : start + BATCH_WINDOWS])
+            heads.append(out["probabilities"])
+            embeddings.append(out["embedding"])
+        return np.concatenate(heads), np.concatenate(embeddings)
 
     @property
     def n_outputs(self) -> int:
@@ -259,7 +290,9 @@ class NetworkRuntime:
         StripScores
             ``T - width + 1`` rows (none when ``T < width``), row ``s`` equal to scoring the
             window ``columns[:, s : s + width]`` alone, to float tolerance (int8 graphs: to
-            their quantization).
+            their quantization). A strip graph of stride ``k``
+            (:func:`pipeline.model.export.strip_graph`) gives the windows starting at columns
+            ``0, k, 2k...`` only: ``ceil((T - width + 1) / k)`` rows.
 
         Raises
         ------
@@ -274,19 +307,23 @@ class NetworkRuntime:
         piece_windows = int(piece_windows)
         if piece_windows < 1:
             raise ValueError(f"piece_windows={piece_windows} must be at least 1")
+        stride = self.stride
+        piece_windows = -(-piece_windows // stride) * stride  # pieces start on the grid
         n_windows = max(columns.shape[1] - self.width + 1, 0)
         heads, embeddings = [], []
         for start in range(0, n_windows, piece_windows):
             stop = min(start + piece_windows, n_windows)
             piece = np.ascontiguousarray(columns[:, start : stop + self.width - 1])
             out = self._strip.run(piece)
-            heads.append(out["probabilities"][: stop - start])
-            embeddings.append(out["embedding"][: stop - start])
+            wanted = -(-(stop - start) // stride)
+            heads.append(out["probabilities"][:wanted])
+            embeddings.append(out["embedding"][:wanted])
         if not heads:
             units = int(self._strip.run(np.zeros((self.rows, self.width), np.float32))["embedding"].shape[1])
-            return StripScores(np.zeros((0, self.n_outputs), np.float32), np.zeros((0, units), np.float32))
+            empty = np.zeros((0, self.n_outputs), np.float32)
+            return StripScores(empty, np.zeros((0, units), np.float32), stride)
         head, embedding = np.concatenate(heads), np.concatenate(embeddings)
-        return StripScores(self._final(head, embedding), embedding)
+        return StripScores(self._final(head, embedding), embedding, stride)
 
     def column_probabilities(self, spectrogram: np.ndarray, *, piece_windows: int = PIECE_WINDOWS) -> np.ndarray:
         """What :func:`pipeline.detect.column_probabilities` gives (every window, dense), by strips.
@@ -307,6 +344,8 @@ class NetworkRuntime:
         spectrogram = np.asarray(spectrogram, dtype=np.float32)
         if spectrogram.ndim != 2:
             raise ValueError(f"a spectrogram is (n_columns, rows), not of shape {spectrogram.shape}")
+        if self.stride not in (None, 1):
+            raise ValueError(f"the strip graph scores every {self.stride}th window only; dense scoring needs stride 1")
         scores = self.strip(spectrogram.T, piece_windows=piece_windows)
         n_outputs = scores.probabilities.shape[1]
         probs = np.zeros((spectrogram.shape[0], n_outputs), np.float32)
