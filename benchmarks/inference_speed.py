@@ -93,7 +93,8 @@ def load_network(bundle_dir):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="per-window model bundle (default: the bundled one)")
-    parser.add_argument("--dense-model", help="model bundle trained with a valid-time row (cnn_8_dense)")
+    parser.add_argument("--dense-model", nargs="+", default=[],
+                        help="model bundle(s) trained with a valid-time row (cnn_8_dense, cnn_8_dense_light)")
     parser.add_argument("--archive", type=Path, help="simulated archive (its annotations.npz) for AP")
     parser.add_argument("--cube", type=Path, help="the archive's spectrogram cube (as batml train made it)")
     parser.add_argument("--piece", type=int, nargs="+", default=[256, 2048, 8192], help="strip piece sizes (windows)")
@@ -115,19 +116,18 @@ def main(argv=None) -> None:
 
     model_dir = args.model or str(Path(__file__).resolve().parents[1] / "pipeline" / "model" / "default")
     window_net, boosters, _ = load_network(model_dir)
-    if args.dense_model:
-        dense_net, dense_boosters, dense_bundle = load_network(args.dense_model)
-    else:
+    dense = [load_network(d) for d in args.dense_model]
+    if not dense:
         from pipeline.model.cnn import build_cnn
         from pipeline.model.params import load_params
 
         keras.utils.set_random_seed(0)
-        dense_net, dense_boosters, dense_bundle = build_cnn(8, load_params("cnn_8_dense"), name="cnn_8_dense"), None, None
+        dense = [(build_cnn(8, load_params(row), name=row), None, None) for row in ("cnn_8_dense", "cnn_8_dense_light")]
+    names = [f"{net.name}:{net.get_layer('conv_1').filters}f" for net, _, _ in dense]
 
     spectrograms, seconds = real_spectrograms()
     n_columns = sum(s.shape[0] for s in spectrograms)
     print(f"real files: {len(spectrograms)} recordings, {seconds:.1f} s of audio, {n_columns} columns; one thread")
-
     if "network" not in args.sections:
         if boosters and "boosters" in args.sections:
             booster_costs(window_net, boosters, spectrograms)
@@ -138,39 +138,54 @@ def main(argv=None) -> None:
 
     def record(name, seconds_cpu):
         rows.append((name, seconds / seconds_cpu, 1e6 * seconds_cpu / n_columns))
-        print(f"  {name:<44} {seconds / seconds_cpu:8.1f} s audio/CPU-s {1e6 * seconds_cpu / n_columns:9.1f} us/column", flush=True)
+        print(f"  {name:<52} {seconds / seconds_cpu:8.1f} s audio/CPU-s {1e6 * seconds_cpu / n_columns:9.1f} us/column", flush=True)
 
-    print("network (head + embedding), every window:")
+    def time_windows(runtime):
+        return cpu_seconds(lambda: [runtime.embed(w) for w in windows_of(spectrograms)])
+
+    def time_strip(runtime, piece):
+        return cpu_seconds(lambda: [runtime.strip(s.T, piece_windows=piece) for s in spectrograms])
+
+    print("network (head + embedding), every window (stride k: every k-th window):")
     if not args.skip_keras:
-        for label, net in (("cnn_8", window_net), (dense_net.name, dense_net)):
+        for label, net in (("cnn_8", window_net), *((n, d[0]) for n, d in zip(names, dense))):
             both = embedding_and_head(net)
             record(f"keras windows {label}", cpu_seconds(lambda: [both(w, training=False) for w in windows_of(spectrograms)], 1))
-        strip_twin = strip_network(dense_net)
-        record(f"keras strip {dense_net.name} (2048)", cpu_seconds(
+        strip_twin = strip_network(dense[0][0])
+        record(f"keras strip {names[0]} (2048)", cpu_seconds(
             lambda: [strip_twin(s.T[None, :, i : i + 2048 + WIDTH - 1, None], training=False)
                      for s in spectrograms for i in range(0, s.shape[0] - WIDTH + 1, 2048)], 1))  # fmt: skip
 
-    graphs = {
-        "windows cnn_8": window_graph(window_net),
-        f"windows {dense_net.name}": window_graph(dense_net),
-        f"strip {dense_net.name}": strip_graph(dense_net),
-    }
-    graphs["windows cnn_8 int8"] = quantized_int8(graphs["windows cnn_8"], calibration_windows)
-    graphs[f"strip {dense_net.name} int8"] = quantized_int8(graphs[f"strip {dense_net.name}"], calibration_strips)
-    runtimes = {}
+    window_float = window_graph(window_net)
+    window_int8 = quantized_int8(window_float, calibration_windows)
     for engine in ("onnxruntime", "openvino"):
-        for name, graph in graphs.items():
-            precisions = ["f32", "bf16"] if engine == "openvino" and "int8" not in name else ["f32"]
-            for precision in precisions:
-                label = f"{engine} {name}{' bf16' if precision == 'bf16' else ''}"
-                if name.startswith("windows"):
-                    rt = NetworkRuntime(graph, engine=engine, precision=precision)
-                    record(label, cpu_seconds(lambda: [rt.embed(w) for w in windows_of(spectrograms)]))
-                else:
-                    rt = NetworkRuntime(graphs[f"windows {dense_net.name}"], graph, engine=engine, precision=precision)
-                    for piece in args.piece:
-                        record(f"{label} ({piece})", cpu_seconds(lambda: [rt.strip(s.T, piece_windows=piece) for s in spectrograms]))
-                    runtimes[label] = rt
+        record(f"{engine} windows cnn_8", time_windows(NetworkRuntime(window_float, engine=engine)))
+        if engine == "openvino":
+            record(f"{engine} windows cnn_8 bf16", time_windows(NetworkRuntime(window_float, engine=engine, precision="bf16")))
+        record(f"{engine} windows cnn_8 int8", time_windows(NetworkRuntime(window_int8, engine=engine)))
+    runtimes = {}
+    for name, (net, _, _) in zip(names, dense):
+        windows_dense = window_graph(net)
+        record(f"onnxruntime windows {name}", time_windows(NetworkRuntime(windows_dense)))
+        for stride in (1, 2, 4):
+            strip_float = strip_graph(net, stride=stride)
+            strip_int8 = quantized_int8(strip_float, calibration_strips)
+            tag = f" stride {stride}" if stride > 1 else ""
+            for engine, precision, graph, label in (
+                ("onnxruntime", "f32", strip_float, "f32"),
+                ("onnxruntime", "f32", strip_int8, "int8"),
+                ("openvino", "f32", strip_float, "f32"),
+                ("openvino", "bf16", strip_float, "bf16"),
+                ("openvino", "int8", strip_int8, "int8"),
+            ):
+                if engine == "openvino" and stride > 1:
+                    continue
+                runtime = NetworkRuntime(windows_dense, graph, engine=engine, precision="bf16" if precision == "bf16" else "f32")
+                pieces = args.piece if engine == "onnxruntime" and stride == 1 else [2048]
+                for piece in pieces:
+                    record(f"{engine} strip {name}{tag} {label} ({piece})", time_strip(runtime, piece))
+                if stride == 1:
+                    runtimes[(name, f"{engine} strip {label}")] = runtime
     best = max((r for r in rows if r[0].startswith(("onnxruntime", "openvino"))), key=lambda r: r[1])
     print(f"fastest: {best[0]}: {best[1]:.1f} s of audio per CPU-second")
 
@@ -178,11 +193,12 @@ def main(argv=None) -> None:
         booster_costs(window_net, boosters, spectrograms)
         booster_policies(args, window_net, boosters, spectrograms)
     if args.archive and args.dense_model and "accuracy" in args.sections:
-        accuracy(args, dense_net, dense_bundle, dense_boosters, runtimes)
+        for name, (net, dense_boosters, bundle) in zip(names, dense):
+            accuracy(args, name, bundle, dense_boosters, {k[1]: v for k, v in runtimes.items() if k[0] == name})
 
 
 def calibration_data(args, spectrograms):
-    """Strips (130, 2067) and window batches for int8 calibration: the simulated archive's
+    """Strips (130, 531) and window batches for int8 calibration: the simulated archive's
     training split when given, else the real files (then the int8 AP is optimistic)."""
     from pipeline.detect import recording_windows
 
@@ -290,7 +306,7 @@ def booster_policies(args, network, boosters, spectrograms) -> None:
         print(line, flush=True)
 
 
-def accuracy(args, network, bundle, boosters, runtimes) -> None:
+def accuracy(args, name, bundle, boosters, runtimes) -> None:
     """Detection AP and class mAP of the paths on the simulated test split."""
     from pipeline.detect import column_probabilities
     from pipeline.io.cube import open_cube
@@ -305,7 +321,7 @@ def accuracy(args, network, bundle, boosters, runtimes) -> None:
         if boosters:
             rt.boosters = boosters
         paths[label] = rt.column_probabilities
-    print(f"accuracy on the simulated test split ({len(annotations.test)} recordings):")
+    print(f"accuracy of {name} on the simulated test split ({len(annotations.test)} recordings):")
     reference = None
     for label, score in paths.items():
         result = scorer_accuracy(score, cube, annotations.test, bundle.classes)

@@ -369,9 +369,14 @@ class NetworkRuntime:
 
 
 def booster_probabilities(boosters: Mapping, embeddings: np.ndarray) -> np.ndarray:
-    """Binary relevance: one booster per output column, in order, by ``inplace_predict``
-    (measured faster than a compiled tl2cgen predictor on the 320-value embeddings:
-    ``benchmarks/inference_speed.py``)."""
+    """Binary relevance: one booster per output column, in order, by XGBoost's ``inplace_predict``.
+
+    A tl2cgen-compiled predictor of the same boosters is faster (8.0 against 13.2 us per window
+    for the bundled model's 8 boosters on one thread, ``benchmarks/inference_speed.py``), but it
+    is a native library built per model by a C compiler: loading one from a bundle would run
+    code from the bundle, which batml's bundles never do. Scoring the boosters only near the
+    head's peaks (:func:`booster_columns`) saves more.
+    """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     return np.column_stack([b.inplace_predict(embeddings) for b in boosters.values()]).astype(np.float32)
 
