@@ -347,3 +347,27 @@ def test_the_valid_time_variant_trains_with_batml_train_and_its_strip_scores_as_
     assert strip_result.n_events == keras_result.n_events
     assert strip_result.detection_ap == pytest.approx(keras_result.detection_ap, abs=1e-6)
     assert strip_result.class_map == pytest.approx(keras_result.class_map, abs=1e-6)
+
+
+def test_boosters_run_only_near_the_peaks_of_the_head(bundled):
+    from pipeline.detect import call_score, smooth_probabilities
+    from pipeline.model.export import window_graph
+    from pipeline.model.runtime import NetworkRuntime, booster_columns, booster_probabilities, hybrid_probabilities
+    from pipeline.nms import peaks_1d
+
+    bundle, network = bundled
+    spec = _spectrogram(600, seed=11)
+    head, embedding = NetworkRuntime(window_graph(network)).embed(recording_windows(spec))
+    mask = booster_columns(head, gate=0.01, margin=2)
+    score = call_score(smooth_probabilities(head))
+    peaks = peaks_1d(score, 10, np.float32(0.0))
+    kept = peaks[score[peaks] >= 0.01]
+    assert len(kept) > 0
+    expected = np.zeros(len(head), bool)
+    for peak in kept:
+        expected[max(peak - 2, 0) : peak + 3] = True
+    np.testing.assert_array_equal(mask, expected)
+    assert mask.mean() < 0.6  # at most 5 columns per 11: the NMS radius spaces the peaks
+    probs = hybrid_probabilities(head, embedding, bundle.boosters(), mask)
+    np.testing.assert_allclose(probs[mask], booster_probabilities(bundle.boosters(), embedding[mask]), rtol=1e-6)
+    np.testing.assert_array_equal(probs[~mask], head[~mask])
