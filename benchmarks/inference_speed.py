@@ -128,6 +128,9 @@ def main(argv=None) -> None:
     spectrograms, seconds = real_spectrograms()
     n_columns = sum(s.shape[0] for s in spectrograms)
     print(f"real files: {len(spectrograms)} recordings, {seconds:.1f} s of audio, {n_columns} columns; one thread")
+    spectrogram_cpu = cpu_seconds(real_spectrograms, 1)
+    print(f"  the spectrogram (decoding included)   {seconds / spectrogram_cpu:8.1f} s audio/CPU-s "
+          f"{1e6 * spectrogram_cpu / n_columns:9.1f} us/column")  # fmt: skip
     if "network" not in args.sections:
         if boosters and "boosters" in args.sections:
             booster_costs(window_net, boosters, spectrograms)
