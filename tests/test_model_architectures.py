@@ -27,6 +27,8 @@ from pipeline.model.resnet import build_resnet  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 NETWORK_ROWS = ("cnn_8", "cnn_2", "cnn_7", "resnet_8", "resnet_2", "resnet_7")
+#: Valid-time variants of cnn_8 (exact dense scoring, pipeline.model.dense_scoring).
+DENSE_ROWS = ("cnn_8_dense", "cnn_8_dense_light")
 PATCHES = np.random.default_rng(0).random((4, 130, 20, 1), dtype=np.float32)
 
 # Hand arithmetic of the reference system's CNNs on a 130x20x1 patch (weights + biases):
@@ -55,7 +57,7 @@ def resnets():
 
 
 def test_every_row_loads_with_its_types():
-    assert list_rows() == (*NETWORK_ROWS, BOOSTER_ROW)
+    assert sorted(list_rows()) == sorted((*NETWORK_ROWS, *DENSE_ROWS, BOOSTER_ROW))
     for row in list_rows():
         params = load_params(row)
         assert params, row

@@ -81,7 +81,12 @@ def build_cnn(
         ``n_classes`` for a two-stage classifier, 2 for a two-stage detector.
     params : Mapping
         A ``networks.csv`` row as :func:`pipeline.model.params.load_params` returns it; reads
-        :data:`CNN_COLUMNS` and, when present, ``l2`` (L2 weight decay on every kernel).
+        :data:`CNN_COLUMNS` and, when present, ``l2`` (L2 weight decay on every kernel) and
+        ``time_padding``/``time_kernel``: with ``time_padding = "valid"`` each block is a
+        ``pad_i`` zero padding along frequency only, a ``kernel x time_kernel`` convolution
+        without padding along time and a pool that pools time only while at least
+        ``pool_size`` columns remain (:func:`pipeline.model.dense_scoring.valid_time_blocks`),
+        so that the network can score every window of a strip in one pass.
     activation : {"sigmoid", "softmax"}, default "sigmoid"
         The output activation: "softmax" for the two-stage detector.
     input_shape : tuple of int, default (130, 20, 1)
@@ -106,14 +111,21 @@ def build_cnn(
     check_head(n_outputs, activation)
     check_required(params, CNN_COLUMNS, needed_by=f"build_cnn ({name})")
     conv_layers, pool_size = int(params["conv_layers"]), int(params["pool_size"])
-    rows, columns = input_shape[0], input_shape[1]
-    for _ in range(conv_layers):
-        rows, columns = rows // pool_size, columns // pool_size
-    if rows < 1 or columns < 1:
-        raise ParamsError(
-            f"build_cnn ({name}): {conv_layers} conv blocks with pool_size {pool_size} leave "
-            f"nothing of a {input_shape[0]}x{input_shape[1]} patch"
-        )
+    valid_time = params.get("time_padding", "same") == "valid"
+    if valid_time:
+        from pipeline.model.dense_scoring import valid_time_blocks
+
+        blocks = valid_time_blocks(params, input_shape, name=name)
+    else:
+        blocks = None
+        rows, columns = input_shape[0], input_shape[1]
+        for _ in range(conv_layers):
+            rows, columns = rows // pool_size, columns // pool_size
+        if rows < 1 or columns < 1:
+            raise ParamsError(
+                f"build_cnn ({name}): {conv_layers} conv blocks with pool_size {pool_size} leave "
+                f"nothing of a {input_shape[0]}x{input_shape[1]} patch"
+            )
     l2 = params.get("l2")
 
     def decay():
@@ -122,6 +134,19 @@ def build_cnn(
     inputs = keras.Input(shape=tuple(input_shape), name="spectrogram")
     x = inputs
     for block in range(1, conv_layers + 1):
+        if valid_time:  # same along frequency, valid along time: see pipeline.model.dense_scoring
+            spec = blocks[block - 1]
+            x = layers.ZeroPadding2D((spec.frequency_padding, (0, 0)), name=f"pad_{block}")(x)
+            x = layers.Conv2D(
+                int(params["filters"]),
+                spec.kernel,
+                padding="valid",
+                activation="relu",
+                kernel_regularizer=decay(),
+                name=f"conv_{block}",
+            )(x)
+            x = layers.MaxPooling2D(spec.pool, name=f"pool_{block}")(x)
+            continue
         x = layers.Conv2D(
             int(params["filters"]),
             int(params["kernel"]),

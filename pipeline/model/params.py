@@ -21,6 +21,11 @@ Columns of ``networks.csv``
 - ``dense_layers``, ``dense_units``: the CNN's hidden dense layers (the last one is its
   ``embedding``); ``dropout_conv`` (after the convolutions), ``dropout_dense`` (after each
   dense layer);
+- ``time_padding`` (``same``, the default when empty, or ``valid``), ``time_kernel`` (default
+  ``kernel``): the CNN's padding and kernel length along time. ``valid`` makes each window's
+  output independent of any zero padding at its time edges, so that the outputs of all the
+  windows of a strip of columns can be computed by one fully convolutional pass
+  (:mod:`pipeline.model.dense_scoring`); rows ``cnn_8_dense`` and ``cnn_8_dense_light``;
 - ``l2``: L2 weight decay (ResNet; a CNN row may set it too); ``batch_norm_momentum``,
   ``batch_norm_epsilon``: the ResNet's batch normalisation;
 - ``learning_rate``, ``beta_1``, ``beta_2``, ``adam_epsilon``: Adam;
@@ -90,6 +95,23 @@ class _Column:
         return value
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """A column whose value is one word of a fixed list (e.g. ``time_padding``: same or valid)."""
+
+    options: tuple[str, ...]
+    kind: type = str
+
+    def allowed(self) -> str:
+        return f"one of {', '.join(self.options)}"
+
+    def convert(self, text: str) -> str:
+        """The word itself; ``ValueError`` with the reason when it is not one of :attr:`options`."""
+        if text not in self.options:
+            raise ValueError(f"must be {self.allowed()}")
+        return text
+
+
 _POSITIVE_INT = _Column(int, 1)
 _FRACTION = _Column(float, 0, 1, high_open=True)
 
@@ -103,6 +125,8 @@ _COLUMNS = {
     "dense_units": _POSITIVE_INT,
     "dropout_conv": _FRACTION,
     "dropout_dense": _FRACTION,
+    "time_padding": _Choice(("same", "valid")),
+    "time_kernel": _POSITIVE_INT,
     "l2": _Column(float, 0),
     "batch_norm_momentum": _FRACTION,
     "batch_norm_epsilon": _Column(float, 0, low_open=True),
@@ -125,7 +149,8 @@ _COLUMNS = {
     "min_child_weight": _Column(float, 0),
 }
 
-#: Every known column, mapped to the Python type of its values (``int`` or ``float``).
+#: Every known column, mapped to the Python type of its values (``int``, ``float``, or ``str``
+#: for a column of words such as ``time_padding``).
 COLUMNS: Mapping[str, type] = MappingProxyType({name: c.kind for name, c in _COLUMNS.items()})
 
 
@@ -191,7 +216,7 @@ def list_rows(path: str | os.PathLike | None = None) -> tuple[str, ...]:
     return tuple(name for p in paths for name in _read_rows(p, None))
 
 
-def load_params(row: str, path: str | os.PathLike | None = None) -> dict[str, int | float]:
+def load_params(row: str, path: str | os.PathLike | None = None) -> dict[str, int | float | str]:
     """The typed hyperparameters of one network or booster.
 
     Parameters
@@ -227,8 +252,8 @@ def load_params(row: str, path: str | os.PathLike | None = None) -> dict[str, in
     raise ParamsError(f"{where}, row {row!r}: no such row; rows: {', '.join(known) or 'none'}")
 
 
-def _typed(record: Mapping[str, str], path: Path, row: str) -> dict[str, int | float]:
-    values: dict[str, int | float] = {}
+def _typed(record: Mapping[str, str], path: Path, row: str) -> dict[str, int | float | str]:
+    values: dict[str, int | float | str] = {}
     for column, text in record.items():
         if column == "name" or text == "":
             continue
