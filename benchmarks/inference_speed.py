@@ -209,10 +209,10 @@ def calibration_data(args, spectrograms):
     if args.archive and args.cube:
         from pipeline.io.cube import open_cube
         from pipeline.annotations.matching import match_recordings
-        from pipeline.annotations import read_annotations
+        from pipeline.annotations.dataset import read_dataset
 
         cube = open_cube(args.cube)
-        train = read_annotations(args.archive / "annotations.npz").train
+        train = read_dataset(args.archive / "annotations.npz").train
         indices, _ = match_recordings(cube, [rec.file for rec in train])
         sources = [cube.batml.recording(r)["spectrogram"].values.astype(np.float32) for r in indices if r is not None][:40]
     strips = [s.T[:, i : i + 512 + WIDTH - 1] for s in sources for i in range(0, s.shape[0] - 512 - WIDTH, 4096)]
@@ -295,10 +295,10 @@ def booster_policies(args, network, boosters, spectrograms) -> None:
         if args.archive and args.cube:
             from pipeline.io.cube import open_cube
             from pipeline.model.accuracy import scorer_accuracy
-            from pipeline.annotations import read_annotations
+            from pipeline.annotations.dataset import read_dataset
 
             cube = open_cube(args.cube)
-            annotations = read_annotations(args.archive / "annotations.npz")
+            annotations = read_dataset(args.archive / "annotations.npz")
 
             def score(spec, policy=policy):
                 head, embedding = head_and_embedding(spec)
@@ -315,10 +315,10 @@ def accuracy(args, name, bundle, boosters, runtimes) -> None:
     from pipeline.io.cube import open_cube
     from pipeline.model.accuracy import scorer_accuracy
     from pipeline.model.predictor import Predictor
-    from pipeline.annotations import read_annotations
+    from pipeline.annotations.dataset import read_dataset
 
     cube = open_cube(args.cube)
-    annotations = read_annotations(args.archive / "annotations.npz")
+    annotations = read_dataset(args.archive / "annotations.npz")
     predictor = Predictor.from_bundle(bundle)
     paths = {"keras windows (float reference)": lambda s: column_probabilities(predictor, s)}
     for label, rt in runtimes.items():

@@ -289,11 +289,11 @@ def test_int8_network_keeps_detection_ap_within_0_005(bundled, simulated_cube):
     from pipeline.model.accuracy import scorer_accuracy
     from pipeline.model.export import quantized_int8, window_graph
     from pipeline.model.runtime import NetworkRuntime
-    from pipeline.annotations import read_annotations
+    from pipeline.annotations.dataset import read_dataset
 
     bundle, network = bundled
     archive, _, cube = simulated_cube
-    annotations = read_annotations(archive.annotations_npz)
+    annotations = read_dataset(archive.annotations_npz)
     windows_graph = window_graph(network)
     calibration = [recording_windows(s.T, np.arange(0, s.shape[1] - 19, 4)) for s in _calibration(cube, annotations.train)]
     int8 = quantized_int8(windows_graph, calibration)
@@ -325,7 +325,7 @@ def test_the_valid_time_variant_trains_with_batml_train_and_its_strip_scores_as_
     from pipeline.model.runtime import NetworkRuntime
     from pipeline.model.predictor import Predictor
     from pipeline.training.job import TrainSettings, train
-    from pipeline.annotations import read_annotations
+    from pipeline.annotations.dataset import read_dataset
 
     archive, cube_path, cube = simulated_cube
     root = tmp_path_factory.mktemp("dense-model")
@@ -340,7 +340,7 @@ def test_the_valid_time_variant_trains_with_batml_train_and_its_strip_scores_as_
     network = bundle.network("cnn_8")
     assert network.get_layer("conv_1").get_config()["padding"] == "valid"
     assert bundle.manifest["hyperparameters"]["cnn_8"]["time_padding"] == "valid"
-    test = read_annotations(archive.annotations_npz).test
+    test = read_dataset(archive.annotations_npz).test
     predictor = Predictor.from_bundle(bundle)
     keras_result = scorer_accuracy(lambda s: column_probabilities(predictor, s), cube, test, bundle.classes)
     runtime = NetworkRuntime(window_graph(network), strip_graph(network))

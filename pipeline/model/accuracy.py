@@ -50,7 +50,7 @@ def scorer_events(score: ColumnScorer, cube, recordings: Sequence, classes: Sequ
     cube : xarray.Dataset
         The spectrogram cube (:func:`pipeline.io.cube.open_cube`) holding the recordings.
     recordings : sequence of RecordingCalls
-        Annotated recordings (e.g. ``read_annotations(...).test``); those not in the cube are
+        Annotated recordings (e.g. ``read_dataset(...).test``); those not in the cube are
         left out.
     classes : sequence of str
         The class names.
