@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pipeline.cli.options import (
@@ -27,6 +28,8 @@ def run(args) -> int:
 
         print(format_report(result))
     print_notes(result["notes"])
+    if result.get("licence"):
+        print(f"note: the model's licence: {result['licence']}", file=sys.stderr)
     print_skipped(result["skipped"])
     return EXIT_SOME_FAILED if result["skipped"] else EXIT_OK
 

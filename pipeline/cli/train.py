@@ -22,6 +22,7 @@ def run(args) -> int:
         networks_csv=args.params,
         xgboost_csv=args.xgboost_params,
         parent=None if args.parent is None else str(args.parent),
+        licence=args.licence,
     )
     report = train(
         args.dataset,
@@ -69,6 +70,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "--from", dest="parent", nargs="?", const="default", metavar="MODEL_DIR",
         help="fine-tune a trained model bundle (default when no path is given: the bundled model); its networks "
         "must match --model-type's",
+    )  # fmt: skip
+    p.add_argument(
+        "--licence", metavar="TEXT",
+        help="the terms of use of your recordings or annotations when they restrict the model's use (e.g. 'CC BY-NC "
+        "4.0'): kept in the bundle's manifest with the parent's, and shown where the model is used",
     )  # fmt: skip
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: MODEL_DIR.cube.zarr)")
     add_audio_options(p)

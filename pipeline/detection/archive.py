@@ -341,6 +341,7 @@ def detect_archive(
         "fingerprint": model_identity(model_path),
         "classes": list(bundle.classes),
         "thresholds": thresholds,
+        **({"licence": bundle.licence} if bundle.licence else {}),
     }
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
         if is_cube(source):

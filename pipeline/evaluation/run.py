@@ -99,6 +99,8 @@ def evaluate_saved_model(
     metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)
     metrics["skipped"] = problems
     metrics["notes"] = notes
+    if bundle.licence:
+        metrics["licence"] = bundle.licence
     write_evaluation(Path(model), metrics)
     return metrics
 

@@ -90,8 +90,11 @@ class Model:
     manifest = property(lambda self: self.bundle.manifest)
     fingerprint = property(lambda self: self.bundle.fingerprint)
 
+    licence = property(lambda self: self.bundle.licence)
+
     def __repr__(self) -> str:
-        return f"<batml Model {self.architecture} at {self.path}: {', '.join(self.classes)}>"
+        terms = f"; licence: {self.licence}" if self.licence else ""
+        return f"<batml Model {self.architecture} at {self.path}: {', '.join(self.classes)}{terms}>"
 
     # --- windows -------------------------------------------------------------------------
 

@@ -100,6 +100,8 @@ def report_text(report: Mapping[str, Any]) -> str:
             f"{key} {model[key]}" for key in ("architecture", "fingerprint") if key in model
         )
         lines.append(f"model: {model.get('path', '?')}" + (f" ({details})" if details else ""))
+        if model.get("licence"):
+            lines.append(f"model licence: {model['licence']}")
     if "settings_fingerprint" in report:
         lines.append(f"settings fingerprint: {report['settings_fingerprint']}")
     timings = report.get("timings") or {}
