@@ -86,14 +86,22 @@ def real_set(real: RealSet):
 
 
 def copy_audio(real: RealSet, folder: Path) -> None:
-    """The set's WAV files copied into ``folder``, with a GUANO ``TE`` when time-expanded."""
+    """The set's WAV files copied into ``folder``, with a GUANO ``TE`` when time-expanded; a
+    multichannel file becomes the mean of its channels (its labels name the file, not a channel:
+    soundClass's calls are on its second channel)."""
     import guano
+    import soundfile
 
     folder.mkdir(parents=True, exist_ok=True)
     for path in sorted(p for p in real.audio.rglob("*") if p.suffix.lower() == ".wav"):
         target = folder / path.relative_to(real.audio)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, target)
+        info = soundfile.info(str(path))
+        if info.channels > 1:
+            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            soundfile.write(str(target), samples.mean(axis=1), rate, subtype=info.subtype)
+        else:
+            shutil.copy(path, target)
         if real.time_expansion != 1:
             tagged = guano.GuanoFile(str(target))
             tagged["TE"] = real.time_expansion
