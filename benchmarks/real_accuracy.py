@@ -17,8 +17,14 @@ species with at least ``--min-train-calls`` training calls), the number of test 
 training time. The data's licences: Tadarida and soundClass GPL-3, batdetect2's examples CC BY-NC
 4.0 (see ../shared/data/README.md); nothing trained here is kept.
 
+With ``--leave-one-out`` (issue 16's benchmark), for each real set instead: the bundled
+model's recipe (``recipes/default_model.py``: the varied simulated archive plus the other real
+sets) is trained without it and tested on the whole of it, beside the bundled model as it is:
+detection AP, top-1 group accuracy, recall at a call score of 0.01.
+
     python benchmarks/real_accuracy.py                      # every set, every model
     python benchmarks/real_accuracy.py --sets tadarida_rsdb --models from-bundled --epochs 30
+    python benchmarks/real_accuracy.py --leave-one-out --minutes 30 --work /tmp/loo
 """
 
 from __future__ import annotations
@@ -169,6 +175,69 @@ def _evaluate_bundled(dataset, audio: Path, ingest_settings, cube: Path, client)
     return evaluate_model(Predictor.from_bundle(bundle), cube_ds, recordings, bundle.classes, bundle.thresholds)
 
 
+def _recipe():
+    """``recipes/default_model.py`` as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "default_model.py"
+    spec = importlib.util.spec_from_file_location("default_model_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def scores_on(bundle, dataset, audio: Path, cube: Path, client) -> tuple[dict, float]:
+    """A bundle's evaluation on a dataset's test recordings, and its recall at a call score of 0.01."""
+    from pipeline.evaluation.matching import match_detections
+    from pipeline.evaluation.recordings import calls_table, detect_recordings
+    from pipeline.evaluation.report import evaluate
+    from pipeline.evaluation.run import model_on_annotations
+    from pipeline.model.predictor import Predictor
+
+    bundle, cube_ds, recordings, _, _ = model_on_annotations(bundle, dataset, audio, cube=cube, client=client,
+                                                            progress=False)  # fmt: skip
+    calls = calls_table(recordings, cube_ds)
+    detections = detect_recordings(Predictor.from_bundle(bundle), cube_ds, recordings, bundle.classes)
+    metrics = evaluate(calls, detections, bundle.classes, bundle.thresholds)
+    found = detections[match_detections(calls, detections) >= 0]
+    events = calls.drop_duplicates(["recording", "position"])
+    recall = float((found["score"] >= 0.01).sum() / len(events)) if len(events) else math.nan
+    return metrics, recall
+
+
+def leave_one_out(args, work: Path, client) -> list[dict]:
+    """Issue 16's benchmark: the recipe trained without each real set, tested on all of it."""
+    from pipeline.annotations.dataset import dataset_from
+    from pipeline.model.bundle import DEFAULT_BUNDLE
+    from pipeline.training.job import TrainSettings, train
+
+    recipe = _recipe()
+    rows = []
+    for name in args.sets:
+        folder = work / f"without-{name}"
+        others = [s for s in recipe.REAL_SETS if s != name]
+        annotation_set, licence = recipe.assemble(folder, minutes=args.minutes, sets=others, hold_out=name,
+                                                  seed=args.seed)  # fmt: skip
+        dataset = dataset_from(annotation_set)
+        test = dataset.with_splits([], dataset.test)
+        n_test = sum(len(rec.positions) for rec in dataset.test)
+        t0 = time.perf_counter()
+        metrics, recall = scores_on(DEFAULT_BUNDLE, test, folder / "audio", folder / "bundled.cube.zarr", client)
+        rows.append({**_row(name, "bundled model", metrics, [], n_test, time.perf_counter() - t0), "recall@0.01": recall})
+        t0 = time.perf_counter()
+        settings = TrainSettings(model_type=args.model_type, epochs=args.epochs, seed=args.seed, hnm_rounds=args.hnm,
+                                 xgboost_csv=str(Path(recipe.HERE) / "default_xgboost.csv"), licence=licence)  # fmt: skip
+        model = folder / "model"
+        train(dataset, folder / "audio", model, settings=settings, cube=folder / "cube.zarr", client=client,
+              progress=False)  # fmt: skip
+        metrics, recall = scores_on(model, test, folder / "audio", folder / "cube.zarr", client)
+        rows.append({**_row(name, f"recipe without {name}", metrics, [], n_test, time.perf_counter() - t0),
+                     "recall@0.01": recall})  # fmt: skip
+        print(pd.DataFrame(rows[-2:]).to_string(index=False), file=sys.stderr)
+    return rows
+
+
 def _row(name: str, model: str, metrics: dict, common: list[str], n_test: int, seconds: float) -> dict:
     classification = metrics.get("classification", {})
     return {
@@ -194,6 +263,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, help="folder for cubes and models (default: a temporary one)")
+    parser.add_argument("--leave-one-out", action="store_true", help="issue 16's benchmark (see above)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="--leave-one-out: simulated audio (default 30)")
+    parser.add_argument("--hnm", type=int, default=1, help="--leave-one-out: hard negative mining rounds (default 1)")
     args = parser.parse_args(argv)
     from distributed import Client, LocalCluster
 
@@ -205,8 +277,11 @@ def main(argv=None) -> int:
             Client(cluster) as client:  # fmt: skip
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for name in args.sets:
-            rows += run_set(SETS[name], args.models, args, work, client)
+        if args.leave_one_out:
+            rows = leave_one_out(args, work, client)
+        else:
+            for name in args.sets:
+                rows += run_set(SETS[name], args.models, args, work, client)
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
