@@ -237,13 +237,14 @@ class Model:
             )
         recordings = cube.batml.recordings
         array = cube["spectrogram"].variable
+        offset = cube["offset"].variable
         tables, failed = [], []
         for r, row in recordings.iterrows():
             if row["status"] != "ok":
                 failed.append((str(row["path"]), str(row["status"])))
                 continue
             start, n = int(row["start"]), int(row["n_columns"])
-            offsets = np.asarray(cube["offset"].values[start : start + n], dtype=np.float64)
+            offsets = np.asarray(offset[start : start + n].values, dtype=np.float64)
             events = detect_columns(
                 self.predictor(), lambda a, b, s=start: np.asarray(array[s + a : s + b].values, dtype=np.float32),
                 n, offsets, self.classes, self.thresholds, scan=self.detect_settings.scan,
