@@ -86,7 +86,10 @@ def split_by_recording(annotation_set, test_fraction: float = 1 / 3, seed: int =
     stratifier = IterativeStratification(
         n_splits=2, order=1, sample_distribution_per_fold=[test_fraction, 1 - test_fraction]
     )
+    state = np.random.get_state()
+    np.random.seed(seed)  # scikit-multilearn breaks ties with numpy's global generator
     _, test_rows = next(stratifier.split(np.zeros((len(files), 1)), presence[order]))
+    np.random.set_state(state)
     if len(test_rows) == 0:  # too few recordings for the stratifier: one for testing
         test_rows = [len(files) - 1]
     test = {files[order[i]] for i in test_rows}

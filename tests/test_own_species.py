@@ -199,3 +199,22 @@ def test_from_starts_from_the_parent_weights_and_changes_the_class_list(archive,
     train(dataset, sim.root, scratch, settings=TrainSettings(model_type="hybrid_cnn_xgboost", epochs=1),
           cube=root / "cube.zarr", client=client, progress=False)  # fmt: skip
     assert not np.array_equal(load_bundle(scratch).network("cnn_8").weights[0].numpy(), old.weights[0].numpy())
+
+
+def test_the_validation_split_is_stratified_and_the_same_every_time():
+    """Rare classes land on both sides of the split, and the split does not depend on numpy's
+    global random state (scikit-multilearn draws its ties from it)."""
+    from pipeline.training.job import _split_validation
+
+    recordings = [RecordingCalls(f"r{i}", 1.0, np.array([0.1, 0.2]), np.array([1 + (i % 2), 3 if i < 10 else 1]))
+                  for i in range(20)]  # fmt: skip
+    splits = []
+    for noise in range(3):
+        np.random.seed(noise)
+        fit, validation = _split_validation(recordings, 0.2, seed=5, n_classes=3)
+        splits.append(sorted(r.file for r in validation))
+        assert 3 <= len(validation) <= 5  # about a fifth (iterative stratification is greedy)
+        for k in (2, 3):  # on half the recordings each: on both sides of the split
+            assert 0 < sum(k in r.classes for r in validation) < len(validation)
+            assert any(k in r.classes for r in fit)
+    assert splits[0] == splits[1] == splits[2]

@@ -15,6 +15,7 @@ Steps, each one function below:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -135,8 +136,20 @@ def _stratified_choice(recordings: list, n_val: int, n_classes: int, seed: int) 
     stratifier = IterativeStratification(
         n_splits=2, order=1, sample_distribution_per_fold=[n_val / len(recordings), 1 - n_val / len(recordings)]
     )
-    _, chosen = next(stratifier.split(np.zeros((len(order), 1)), presence[order]))
+    with _global_numpy_seed(seed):  # scikit-multilearn breaks ties with numpy's global generator
+        _, chosen = next(stratifier.split(np.zeros((len(order), 1)), presence[order]))
     return {int(order[i]) for i in chosen}
+
+
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int):
+    """numpy's global random state seeded for the block, then put back as it was."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _clips(rec) -> list:
