@@ -4,7 +4,7 @@ The import name is ``pipeline``; the console command is ``batml``. Every command
 call too, with the same name::
 
     import pipeline
-    pipeline.simulation("sim", minutes=5)                # a synthetic annotated archive
+    pipeline.simulate("sim", minutes=5)                # a synthetic annotated archive
     pipeline.ingest("sim", "sim.zarr")                 # its spectrogram cube, built with Dask
     pipeline.detect("sim", "results")                  # every call of an archive, to OUT_DIR
     pipeline.train("sim/annotations.npz", "sim", "models/mine")
