@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -174,3 +175,93 @@ def test_model_detect_reports_the_calibrated_score(calibrated_bundle, fitted, re
     tuned = pipeline.open_model(calibrated_bundle).detect(recording)  # its detection threshold: 0.3
     assert 0 < len(tuned) < len(calibrated) and (tuned["score"] >= 0.3).all()
     assert len(tuned) == int((calibrated["score"] >= 0.3).sum())
+
+
+# ------------------------------------------------------------------------------------------
+# Real audio with the bundled model (uncalibrated: the identity)
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_low_threshold_gives_more_calls_than_the_default_on_real_audio(real_data):
+    import pipeline
+
+    files = sorted(str(p) for p in (real_data / "unannotated").glob("0166_*.wav"))[:2]
+    assert len(files) == 2
+    model = pipeline.open_model()
+    default = model.detect(files)
+    low = pipeline.open_model(thresholds={"detection": 0.01}).detect(files)
+    assert len(low) > len(default) > 0
+    assert low["score"].min() < 0.5 <= model.thresholds["detection"] <= default["score"].min()
+    # The default's calls are the low threshold's calls whose score reaches the default.
+    strong = low[low["score"] >= model.thresholds["detection"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(strong, default, check_like=False)
+
+
+def _recall(calls: pd.DataFrame, table: pd.DataFrame) -> float:
+    from pipeline.evaluation.matching import call_events, match_detections
+
+    detections = pd.DataFrame({"recording": table["file"].map(lambda f: Path(f).name), "time": table["time"],
+                               "score": table["score"]})  # fmt: skip
+    matches = match_detections(calls, detections)
+    return len(set(matches[matches >= 0])) / len(call_events(calls))
+
+
+def test_recall_at_threshold_0_01_reaches_the_model_s_ceiling_on_annotated_real_calls(real_data):
+    import pipeline
+    from pipeline.annotations import read_batdetect2
+    from pipeline.detection.settings import DetectSettings
+
+    annotated = read_batdetect2(real_data / "annotated" / "anns").calls
+    annotated = annotated[annotated["event"] == "echolocation"]
+    calls = pd.DataFrame({"recording": annotated["file"], "position": annotated["position"]})
+    audio = real_data / "annotated" / "audio"
+    default = _recall(calls, pipeline.open_model().detect(audio))
+    low = _recall(calls, pipeline.open_model(thresholds={"detection": 0.01}).detect(audio))
+    # The ceiling: every window scored, every peak of the call score kept.
+    every = DetectSettings(thresholds={"detection": 0.0}, scan_stride=1, scan_gamma=0.0, booster_gate=0.0)
+    ceiling = _recall(calls, pipeline.open_model(detect_settings=every).detect(audio))
+    assert default <= low == ceiling
+    assert ceiling > 0.9
+
+
+# ------------------------------------------------------------------------------------------
+# Training: calibrated on the validation recordings, thresholds tuned after
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_calibrates_the_score_and_evaluation_ranks_every_peak(tmp_path_factory, client):
+    from pipeline.annotations.dataset import read_dataset
+    from pipeline.evaluation.metrics import detection_average_precision
+    from pipeline.evaluation.recordings import calls_table, detect_recordings
+    from pipeline.io.cube import open_cube
+    from pipeline.model.bundle import load_bundle
+    from pipeline.model.predictor import Predictor
+    from pipeline.simulation import simulate_archive
+    from pipeline.training.job import TrainSettings, train
+
+    root = tmp_path_factory.mktemp("calibrated-training")
+    archive = simulate_archive(root / "audio", minutes=0.5, seed=12, empty_fraction=0.2, test_fraction=0.4)
+    report = train(
+        archive.annotations_npz, archive.root, root / "model", cube=root / "cube.zarr", client=client,
+        settings=TrainSettings(model_type="cnn8", epochs=1, seed=1), progress=False,
+    )  # fmt: skip
+    bundle = load_bundle(root / "model")
+    calibration = bundle.calibration
+    assert calibration.method == "isotonic" and calibration.peaks > calibration.matched > 0
+    assert json.loads((root / "model" / "manifest.json").read_text())["calibration"] == calibration.to_dict()
+    assert all(0.0 <= value <= 1.0 for value in bundle.thresholds.values())
+
+    # Evaluation: every peak, down to the lowest, ranked by the calibrated score, whose AP is the
+    # raw score's (the map keeps the order).
+    cube = open_cube(root / "cube.zarr")
+    test = read_dataset(archive.annotations_npz).recoded(bundle.classes).test
+    calls = calls_table(test, cube)
+    predictor = Predictor.from_bundle(bundle)
+    raw = detect_recordings(predictor, cube, test, bundle.classes)
+    calibrated = detect_recordings(predictor, cube, test, bundle.classes, calibration=calibration)
+    assert len(calibrated) == len(raw) > 0
+    np.testing.assert_array_equal(calibrated["score"].to_numpy(), calibration(raw["score"]))
+    ap = detection_average_precision(calls, calibrated).average_precision
+    assert ap == detection_average_precision(calls, raw).average_precision
+    assert report.metrics["detection"]["ap"] == pytest.approx(ap, abs=1e-12)

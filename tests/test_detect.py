@@ -346,6 +346,26 @@ def test_blocks_give_the_whole_recordings_events_on_random_scores(block_columns)
     pd.testing.assert_frame_equal(blocks, whole)
 
 
+def test_blocks_give_the_whole_recordings_calibrated_events_at_a_low_threshold():
+    from pipeline.detection.calibration import ScoreCalibration
+
+    calibration = ScoreCalibration((0.0, 0.3, 0.8, 1.0), (0.0, 0.05, 0.6, 0.97), "isotonic")
+    n = 3000
+    rng = np.random.default_rng(6)
+    spectrogram = np.zeros((n, ROWS), dtype=np.float32)
+    spectrogram[:, :3] = rng.random((n, 3))
+    times = _times(n)
+    whole = detect_recording(first_column_predict, spectrogram, times, CLASSES, {"detection": 0.02},
+                             calibration=calibration)  # fmt: skip
+    assert len(whole) > 100 and whole["score"].min() < 0.5
+    for block_columns in (13, 97):
+        blocks = detect_columns(
+            first_column_predict, lambda a, b: spectrogram[a:b], n, times, CLASSES, {"detection": 0.02},
+            block_columns=block_columns, halo_columns=minimum_halo_columns(10, 0.5), calibration=calibration,
+        )  # fmt: skip
+        pd.testing.assert_frame_equal(blocks, whole)
+
+
 def test_halo_too_small_is_refused():
     spectrogram = np.zeros((100, ROWS), dtype=np.float32)
     with pytest.raises(ValueError, match="halo_columns"):
