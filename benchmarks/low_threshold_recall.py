@@ -15,6 +15,13 @@ at the model's own detection threshold and at each ``--thresholds`` value, and p
 The row ``every peak (dense)`` is the model's ceiling: every window scored (``--dense``), every
 peak of the call score kept (threshold 0).
 
+Then a check of the score's calibration on real calls: the set's recordings are split in two
+(alternately, by name), a calibration is fitted on the every-peak detections of one half
+(:func:`pipeline.detection.calibration.fit_calibration`, as training does on its validation
+recordings) and applied to the other; per bin of calibrated score, it prints the peaks, their
+mean calibrated score and the fraction that matched a call (their precision), which the
+calibration aims to equal.
+
 Sets (``../shared/data/real``, see its README): ``annotated`` (3 recordings, batdetect2 JSON,
 CC BY-NC 4.0) and ``tadarida`` (25 recordings time-expanded x10, Tadarida labels, GPL-3); the
 calls are their ``echolocation`` rows. Nothing is written.
@@ -32,6 +39,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -51,15 +59,18 @@ def echolocation_calls(annotations: Path, reader: str) -> pd.DataFrame:
     return pd.DataFrame({"recording": calls["file"].map(lambda f: Path(f).stem), "position": calls["position"]})
 
 
-def scores_of(calls: pd.DataFrame, detections: pd.DataFrame) -> dict:
+def as_detections(table: pd.DataFrame) -> pd.DataFrame:
+    """A table of :meth:`pipeline.model.Model.detect` as :mod:`pipeline.evaluation` reads detections."""
+    return pd.DataFrame({"recording": table["file"].map(lambda f: Path(f).stem), "time": table["time"],
+                         "score": table["score"].astype(float)})  # fmt: skip
+
+
+def scores_of(calls: pd.DataFrame, table: pd.DataFrame) -> dict:
     """Recall, AP and the lowest score of one table of detections against the calls."""
     from pipeline.evaluation.matching import call_events, match_detections
     from pipeline.evaluation.metrics import detection_average_precision
 
-    detections = pd.DataFrame(
-        {"recording": detections["file"].map(lambda f: Path(f).stem), "time": detections["time"],
-         "score": detections["score"].astype(float)}
-    )  # fmt: skip
+    detections = as_detections(table)
     matches = match_detections(calls, detections)
     n_events = len(call_events(calls))
     return {
@@ -71,7 +82,34 @@ def scores_of(calls: pd.DataFrame, detections: pd.DataFrame) -> dict:
     }
 
 
-def run_set(name: str, model_path, thresholds: list[float]) -> list[dict]:
+def matched_peaks(calls: pd.DataFrame, table: pd.DataFrame) -> np.ndarray:
+    """Whether each detection of a table matched a call."""
+    from pipeline.evaluation.matching import match_detections
+
+    return match_detections(calls, as_detections(table)) >= 0
+
+
+def calibration_check(name: str, calls: pd.DataFrame, every: pd.DataFrame, bins: int = 5) -> list[dict]:
+    """Fit a calibration on half of the recordings' peaks, check it on the other half."""
+    from pipeline.detection.calibration import fit_calibration
+
+    stems = sorted(every["file"].map(lambda f: Path(f).stem).unique())
+    halves = every["file"].map(lambda f: stems.index(Path(f).stem) % 2).to_numpy()
+    fit, check = every[halves == 0], every[halves == 1]
+    calibration = fit_calibration(fit["score"].to_numpy(), matched_peaks(calls, fit))
+    score = calibration(check["score"].to_numpy())
+    matched = matched_peaks(calls, check)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(score, edges[1:-1]), 0, bins - 1)
+    return [
+        {"set": name, "calibrated score": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "peaks": int((which == b).sum()),
+         "mean score": float(score[which == b].mean()) if (which == b).any() else np.nan,
+         "precision": float(matched[which == b].mean()) if (which == b).any() else np.nan}
+        for b in range(bins)
+    ]  # fmt: skip
+
+
+def run_set(name: str, model_path, thresholds: list[float], checks: list) -> list[dict]:
     import pipeline
     from pipeline.detection.settings import DetectSettings
 
@@ -88,6 +126,7 @@ def run_set(name: str, model_path, thresholds: list[float]) -> list[dict]:
     dense = DetectSettings(thresholds={"detection": 0.0}, scan_stride=1, scan_gamma=0.0, booster_gate=0.0)
     table = pipeline.open_model(model_path, detect_settings=dense).detect(str(audio), time_expansion=expansion)
     rows.append({"set": name, "threshold": "every peak (dense)", **scores_of(calls, table)})
+    checks += calibration_check(name, calls, table)
     return rows
 
 
@@ -97,9 +136,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.5, 0.1, 0.01])
     args = parser.parse_args(argv)
-    rows = [row for name in args.sets for row in run_set(name, args.model, args.thresholds)]
+    checks: list[dict] = []
+    rows = [row for name in args.sets for row in run_set(name, args.model, args.thresholds, checks)]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(pd.DataFrame(rows).to_string(index=False))
+        print("\nCalibration fitted on half of the recordings, checked on the other half:")
+        print(pd.DataFrame(checks).to_string(index=False))
     return 0
 
 
