@@ -175,7 +175,9 @@ def _evaluate_bundled(dataset, audio: Path, ingest_settings, cube: Path, client)
     bundle, cube_ds, recordings, _, _ = model_on_annotations(
         DEFAULT_BUNDLE, dataset, audio, cube=cube, ingest_settings=ingest_settings, client=client, progress=False
     )
-    return evaluate_model(Predictor.from_bundle(bundle), cube_ds, recordings, bundle.classes, bundle.thresholds)
+    return evaluate_model(
+        Predictor.from_bundle(bundle), cube_ds, recordings, bundle.classes, bundle.thresholds, bundle.calibration
+    )
 
 
 def _recipe():

@@ -141,15 +141,36 @@ def test_nms_keeps_one_event_within_its_radius(gap, expected):
     np.testing.assert_allclose(events["score"], [0.9, 0.8][: len(expected)], rtol=1e-6)
 
 
-def test_peaks_below_the_threshold_or_below_not_call_are_dropped():
+def test_every_peak_is_an_event_and_the_threshold_keeps_those_reaching_it():
     n = 120
     score = _bump(n, 20, 0.9) + _bump(n, 50, 0.45) + _bump(n, 80, 0.7)
     probs = _probs_from_score(score)
     times = _times(n)
-    # 0.45 reaches a threshold of 0.3 but does not beat P(not call) = 0.55 there.
-    assert find_detections(probs, times, CLASSES, {"detection": 0.3})["column"].tolist() == [20, 80]
+    # 0.45 does not beat P(not call) = 0.55 there, and is still an event (the reference
+    # system's rule dropped it: no threshold could reach it).
+    assert find_detections(probs, times, CLASSES, {"detection": 0.3})["column"].tolist() == [20, 50, 80]
+    assert find_detections(probs, times, CLASSES, {"detection": 0.44})["column"].tolist() == [20, 50, 80]
     assert find_detections(probs, times, CLASSES, {"detection": 0.8})["column"].tolist() == [20]
     assert find_detections(probs, times, CLASSES, {"detection": 0.95}).empty
+    # Threshold 0: the zero plateaus between the bumps hold no peak (a column with an equal
+    # one before it within the radius is not one), the first column of the recording does.
+    assert find_detections(probs, times, CLASSES, {"detection": 0})["column"].tolist() == [0, 20, 50, 80]
+
+
+def test_a_peak_of_0_2_is_found_at_threshold_0_1_and_not_at_0_3():
+    n = 200
+    spectrogram = np.zeros((n, ROWS), dtype=np.float32)
+    spectrogram[:, 0] = 0.05 * np.abs(np.sin(np.arange(n)))  # low noise: peaks below 0.05
+    spectrogram[93:98, 0] = 0.2  # a call: its smoothed score stays 0.2 at the middle
+    spectrogram[93:98, 1] = 0.6  # its class probabilities
+    low = detect_recording(first_column_predict, spectrogram, _times(n), CLASSES, {"detection": 0.1})
+    assert len(low) == 1 and 93 <= low.loc[0, "column"] < 98
+    np.testing.assert_allclose(low["score"], [0.2], rtol=1e-6)
+    np.testing.assert_allclose(low["prob_Myosp"], [0.6], rtol=1e-6)
+    assert detect_recording(first_column_predict, spectrogram, _times(n), CLASSES, {"detection": 0.3}).empty
+    everything = detect_recording(first_column_predict, spectrogram, _times(n), CLASSES, {"detection": 0})
+    assert low.loc[0, "column"] in everything["column"].tolist() and len(everything) > 5
+    assert everything["score"].max() == low["score"].max()
 
 
 def test_a_higher_threshold_keeps_the_events_whose_score_reaches_it():
@@ -323,6 +344,26 @@ def test_blocks_give_the_whole_recordings_events_on_random_scores(block_columns)
         block_columns=block_columns, halo_columns=minimum_halo_columns(10, 0.5),
     )
     pd.testing.assert_frame_equal(blocks, whole)
+
+
+def test_blocks_give_the_whole_recordings_calibrated_events_at_a_low_threshold():
+    from pipeline.detection.calibration import ScoreCalibration
+
+    calibration = ScoreCalibration((0.0, 0.3, 0.8, 1.0), (0.0, 0.05, 0.6, 0.97), "isotonic")
+    n = 3000
+    rng = np.random.default_rng(6)
+    spectrogram = np.zeros((n, ROWS), dtype=np.float32)
+    spectrogram[:, :3] = rng.random((n, 3))
+    times = _times(n)
+    whole = detect_recording(first_column_predict, spectrogram, times, CLASSES, {"detection": 0.02},
+                             calibration=calibration)  # fmt: skip
+    assert len(whole) > 100 and whole["score"].min() < 0.5
+    for block_columns in (13, 97):
+        blocks = detect_columns(
+            first_column_predict, lambda a, b: spectrogram[a:b], n, times, CLASSES, {"detection": 0.02},
+            block_columns=block_columns, halo_columns=minimum_halo_columns(10, 0.5), calibration=calibration,
+        )  # fmt: skip
+        pd.testing.assert_frame_equal(blocks, whole)
 
 
 def test_halo_too_small_is_refused():

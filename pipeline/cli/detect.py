@@ -78,7 +78,8 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--threshold", type=_threshold, action="append", metavar="[CLASS=]P",
-        help="override a tuned threshold: P for detection, CLASS=P for a class (repeatable)",
+        help="override a tuned threshold: P for detection (every call whose calibrated score reaches P is kept; "
+        "e.g. 0.01 to review doubtful calls), CLASS=P for a class's probability (repeatable)",
     )  # fmt: skip
     p.add_argument(
         "--raven", choices=("per-recording", "combined"), default="per-recording",

@@ -55,7 +55,8 @@ def _model_scored_calls(args):
     print_notes(notes)
     print_skipped(problems)
     predictor = Predictor.from_bundle(bundle)
-    return calls_table(recordings, cube), detect_recordings(predictor, cube, recordings, bundle.classes), bundle.classes
+    detections = detect_recordings(predictor, cube, recordings, bundle.classes, calibration=bundle.calibration)
+    return calls_table(recordings, cube), detections, bundle.classes
 
 
 def _scored_calls(args):

@@ -234,7 +234,7 @@ def detect_chunk(
         columns = slice(p.cube_start + a - lo, p.cube_start + b - lo)
         events = detect_block(
             model.predictor, block[columns], a, p.n_columns, times[columns], (p.first, p.stop), classes, thresholds,
-            scan=scan, halo_columns=halo,
+            scan=scan, halo_columns=halo, calibration=model.bundle.calibration,
         )  # fmt: skip
         tables.append(events_table(p.path, p.channel, events, classes))
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -1,9 +1,10 @@
 """From per-column probabilities to detected call events: smoothing and non-maximum suppression.
 
 - :func:`smooth_probabilities`: Gaussian smoothing along time of every output;
-- :func:`find_detections`: the detected *events*, peaks of the call score
+- :func:`find_detections`: the detected *events*, every peak of the call score
   ``1 - P(not call)`` after non-maximum suppression (Cython, :func:`pipeline.nms.peaks_1d`),
-  with the class probabilities there;
+  with its calibrated score (:mod:`pipeline.detection.calibration`) and the class
+  probabilities there;
 - :func:`find_class_peaks`: the reference system's per-class peaks, for comparison.
 
 **Events rather than class peaks (a difference from the reference system, on purpose).** The
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from pipeline.detection.calibration import IDENTITY, ScoreCalibration
 from pipeline.detection.schema import probability_column, threshold_values
 from pipeline.detection.scoring import call_score
 from pipeline.nms import peaks_1d
@@ -111,8 +113,9 @@ def find_detections(
     thresholds: Mapping[str, float] | None = None,
     *,
     radius_columns: int = NMS_RADIUS_COLUMNS,
+    calibration: ScoreCalibration | None = None,
 ) -> pd.DataFrame:
-    """The detected call events of one recording: peaks of the call score.
+    """The detected call events of one recording: the peaks of the call score.
 
     Parameters
     ----------
@@ -124,48 +127,50 @@ def find_detections(
     classes : sequence of str
         The K class names, class ``k`` being column ``k`` of ``probs``.
     thresholds : mapping, optional
-        ``"detection"``: the smallest call score of an event (0.5 when missing); the class
-        thresholds are not used here (see :func:`species_rows`).
+        ``"detection"``: the smallest (calibrated) score of an event (0.5 when missing); 0
+        keeps every peak. The class thresholds are not used here (see :func:`species_rows`).
     radius_columns : int
         Columns on each side of a peak that must not exceed it (10: the reference system's +-21 frames).
+    calibration : ScoreCalibration, optional
+        The model's map of the raw call score to the reported score
+        (:mod:`pipeline.detection.calibration`); default the identity.
 
     Returns
     -------
     pandas.DataFrame
         One row per event, in column order: ``time`` (``times[column]``), ``column`` (int64),
-        ``score`` (the call score ``1 - P(not call)``, float32) and ``prob_<name>`` for every
-        class (its probability at that column, float32).
+        ``score`` (the calibrated call score, float64: see :class:`ScoreCalibration`; the
+        detection tables store it as float32) and ``prob_<name>`` for every class (its raw
+        probability at that column, float32).
 
     Notes
     -----
-    The call score ``score = 1 - P(not call)`` peaks where no column within
-    ``radius_columns`` on either side is greater (of equal columns, the first;
-    :func:`pipeline.nms.peaks_1d`). A peak is an event when its score beats ``P(not call)``
-    at that column (that is, ``score > 0.5``) and reaches the detection threshold. A peak
-    that fails these tests still suppresses its neighbours, so that detecting at a low
-    threshold and keeping the events whose score reaches a higher one gives the events
-    detected at the higher one: :func:`pipeline.evaluation.thresholds.tune_thresholds` can tune the
-    detection threshold on one low-threshold run.
+    The raw call score ``1 - P(not call)`` peaks where no column within ``radius_columns`` on
+    either side is greater (of equal columns, the first; :func:`pipeline.nms.peaks_1d`). Every
+    peak is an event, whatever its score; its ``score`` is ``calibration(raw score)``, and it is
+    kept when that reaches the detection threshold. A peak below the threshold still
+    suppresses its neighbours, and the calibration is strictly increasing, so that detecting at
+    a low threshold and keeping the events whose score reaches a higher one gives the events
+    detected at the higher one: :func:`pipeline.evaluation.thresholds.tune_thresholds` can tune
+    the detection threshold on one run at threshold 0, which holds the whole ranked list.
 
-    Unlike the reference system, which ran the NMS per class (:func:`find_class_peaks`), each call
-    moment is one event, whatever its species: detection is class-agnostic and the event
-    carries every class probability (multi-label), and one call is never reported at
-    slightly different times for different classes.
+    Unlike the reference system, which ran the NMS per class (:func:`find_class_peaks`) and kept
+    a peak only where it beat P(not call) (a call score above 0.5), each call moment is one
+    event, whatever its species and its score: detection is class-agnostic, the event carries
+    every class probability (multi-label), one call is never reported at slightly different
+    times for different classes, and a low threshold reaches the doubtful calls.
     """
     probs, times, classes, radius_columns = _checked_inputs(probs, times, classes, radius_columns)
     detection_threshold, _ = threshold_values(thresholds, classes)
-    score = call_score(probs)
-    peaks = peaks_1d(score, radius_columns, np.float32(detection_threshold))
-    # peaks_1d compares in float32; recheck in float64 so that a threshold between two
-    # float32 values is still reached exactly as in pipeline.evaluation.
-    peaks = peaks[
-        (score[peaks] > probs[peaks, 0])
-        & (score[peaks].astype(np.float64) >= detection_threshold)
-    ]
+    raw = call_score(probs)
+    peaks = peaks_1d(raw, radius_columns, np.float32(-np.inf))  # every peak (NaN never is one)
+    score = (IDENTITY if calibration is None else calibration)(raw[peaks])  # float64
+    kept = score >= detection_threshold
+    peaks, score = peaks[kept], score[kept]
     table = {
         "time": times[peaks],
         "column": peaks.astype(np.int64),
-        "score": score[peaks],
+        "score": score,
     }
     for k, name in enumerate(classes, start=1):
         table[probability_column(name)] = probs[peaks, k]

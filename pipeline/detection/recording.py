@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import WINDOW_COLUMNS
+from pipeline.detection.calibration import ScoreCalibration
 from pipeline.detection.events import (
     NMS_RADIUS_COLUMNS,
     SMOOTHING_SIGMA_COLUMNS,
@@ -46,6 +47,7 @@ def detect_recording(
     radius_columns: int = NMS_RADIUS_COLUMNS,
     batch_size: int = BATCH_WINDOWS,
     scan: Scan | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> pd.DataFrame:
     """The detected events of a recording held in memory.
 
@@ -57,7 +59,7 @@ def detect_recording(
         The recording's model-ready spectrogram.
     times : array, shape (n_columns,)
         Real-time start (s) of each column.
-    classes, thresholds, radius_columns
+    classes, thresholds, radius_columns, calibration
         As :func:`find_detections`.
     width, batch_size, scan
         As :func:`column_probabilities`.
@@ -78,6 +80,7 @@ def detect_recording(
         classes,
         thresholds,
         radius_columns=radius_columns,
+        calibration=calibration,
     )
 
 
@@ -119,6 +122,7 @@ def detect_block(
     batch_size: int = BATCH_WINDOWS,
     halo_columns: int | None = None,
     scan: Scan | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> pd.DataFrame:
     """The events at the columns ``owned = (start, stop)`` of a recording, from a block of it.
 
@@ -172,6 +176,7 @@ def detect_block(
         classes,
         thresholds,
         radius_columns=radius_columns,
+        calibration=calibration,
     )
     events["column"] += lo
     keep = ((events["column"] >= start) & (events["column"] < stop)).to_numpy()
@@ -193,6 +198,7 @@ def detect_columns(
     block_columns: int = BLOCK_COLUMNS,
     halo_columns: int | None = None,
     scan: Scan | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> pd.DataFrame:
     """The detected events of a recording of any length, read and scored block by block.
 
@@ -207,7 +213,7 @@ def detect_columns(
         Columns of the recording.
     times : array-like, shape (n_columns,)
         Real-time start (s) of each column; only the slices of each block are read.
-    classes, thresholds, width, sigma_columns, radius_columns, batch_size, scan
+    classes, thresholds, width, sigma_columns, radius_columns, batch_size, scan, calibration
         As :func:`detect_recording`.
     block_columns : int
         Columns owned by each block: the memory used is that of a block and its halo.
@@ -257,11 +263,12 @@ def detect_columns(
             detect_block(
                 predict, spectrogram, lo, n_columns, np.asarray(times[lo:read_stop]), (start, stop), classes,
                 thresholds, width=width, sigma_columns=sigma_columns, radius_columns=radius_columns,
-                batch_size=batch_size, halo_columns=halo, scan=scan,
+                batch_size=batch_size, halo_columns=halo, scan=scan, calibration=calibration,
             )  # fmt: skip
         )
     if not blocks:
         return find_detections(
-            np.zeros((0, len(classes) + 1), dtype=np.float32), np.zeros(0), classes, thresholds
+            np.zeros((0, len(classes) + 1), dtype=np.float32), np.zeros(0), classes, thresholds,
+            calibration=calibration,
         )
     return pd.concat(blocks, ignore_index=True)

@@ -10,16 +10,29 @@ every Parquet part and of :meth:`pipeline.model.Model.detect`'s table):
 ``time``        float64 start of the detection, real seconds from the start of the file
 ``class``       string  the most probable class at the event (of equal ones, the first)
 ``probability`` float32 that class's probability
-``score``       float32 the call score, ``1 - P(not call)``
+``score``       float32 the detection score: calibrated, roughly the precision of such events
 ``prob_<name>`` float32 the probability of each class, in the model's class order
 =============== ======= ===============================================================
 
-**Thresholds** are a mapping with the key ``"detection"`` (the call score) and one key per
-class name; a missing key means :data:`DEFAULT_THRESHOLD`. A value is *reached* when the
-probability is greater than or equal to it (:func:`threshold_values`). A *reported species*
-of an event is a class whose probability reaches its threshold, at an event whose score
-reaches the detection threshold (:func:`species_rows`): two species at one event are two
-reports (multi-label); an event with none is a call of no known species.
+**Score and probabilities.** ``score`` ranks the events: it is the call score ``1 - P(not
+call)`` at the peak (the model's raw output, smoothed) mapped through the model's calibration
+(:mod:`pipeline.detection.calibration`), a strictly increasing map onto [0, 1] fitted on the
+validation recordings when the model was trained, so that among events of score ``p`` about a
+fraction ``p`` are calls; a model without a calibration reports the raw call score. It is
+computed in float64 (:func:`pipeline.detection.events.find_detections`: distinct raw scores keep
+distinct scores, so the ranking is the raw score's) and stored as float32. Every peak
+of the call score is an event, whatever its score; a table holds those whose score reaches the
+detection threshold. ``probability`` and ``prob_<name>`` are *raw*: the model's smoothed
+probability of each class at the event's column (independent per-class outputs, multi-label: they
+need not sum to 1), not calibrated; the class thresholds apply to them as they are.
+
+**Thresholds** are a mapping with the key ``"detection"`` (on ``score``, in calibrated units)
+and one key per class name (on the raw class probabilities); a missing key means
+:data:`DEFAULT_THRESHOLD`. A value is *reached* when the score or probability is greater than
+or equal to it (:func:`threshold_values`). A *reported species* of an event is a class whose
+probability reaches its threshold, at an event whose score reaches the detection threshold
+(:func:`species_rows`): two species at one event are two reports (multi-label); an event with
+none is a call of no known species.
 
 Compute (:mod:`pipeline.detection`) and I/O (:mod:`pipeline.outputs`) both import this
 module; it imports neither.

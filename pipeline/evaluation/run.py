@@ -96,7 +96,7 @@ def evaluate_saved_model(
         ingest_settings=ingest_settings, cluster=cluster, client=client, n_workers=n_workers, progress=progress,
     )  # fmt: skip
     predictor = Predictor.from_bundle(bundle)
-    metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds)
+    metrics = evaluate_model(predictor, cube_ds, recordings, bundle.classes, bundle.thresholds, bundle.calibration)
     metrics["skipped"] = problems
     metrics["notes"] = notes
     if bundle.licence:

@@ -10,7 +10,9 @@ and everything else is in ``manifest.json``::
       boosters/<name>.ubj    # XGBoost boosters (hybrid models only)
 
 The manifest holds the format version, the architecture's name, the class names, the
-thresholds (``"detection"`` and one per class), the spectrogram settings with their
+thresholds (``"detection"`` and one per class), the detection score's calibration when the
+model has one (``"calibration"``: the breakpoints of a monotone map, plain numbers; see
+:mod:`pipeline.detection.calibration`), the spectrogram settings with their
 fingerprint, the training summary, the metrics, the hyperparameters by row, the versions of
 batml and of its libraries, the creation time (UTC) and, under ``"files"``, each file's sha256
 and role (``"network:<row>"`` or ``"booster:<name>"``). A model made from weights published
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline._version import __version__
 from pipeline.config import FEATURE_VERSION, SettingsError, SpectrogramSettings
+from pipeline.detection.calibration import IDENTITY, CalibrationError, ScoreCalibration
 from pipeline.files import json_ready, staging_directory, write_json
 from pipeline.interrupt import raise_if_interrupted
 from pipeline.model.registry import Architecture, get_architecture
@@ -121,6 +124,9 @@ class ModelBundle:
         The settings of the spectrograms the model was trained on.
     manifest : dict
         The whole manifest, as read.
+    calibration : ScoreCalibration
+        The map of the raw call score to the reported detection score (the identity when the
+        manifest has none); the detection threshold is in its units.
     """
 
     path: Path
@@ -129,6 +135,7 @@ class ModelBundle:
     thresholds: dict[str, float]
     spectrogram: SpectrogramSettings
     manifest: dict
+    calibration: ScoreCalibration = IDENTITY
     _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _boosters: dict | None = field(default=None, init=False, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
@@ -260,6 +267,7 @@ def save_bundle(
     params: Mapping[str, Mapping[str, Any]],
     source: Mapping[str, Any] | None = None,
     licence: str | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> Path:
     """Save a trained model as a bundle directory, replacing any bundle at ``path`` atomically.
 
@@ -299,6 +307,9 @@ def save_bundle(
         The terms the model may be used under, when they restrict its use (e.g. weights or
         training data under a non-commercial licence); the manifest's ``"licence"``, which
         :attr:`ModelBundle.licence` returns.
+    calibration : ScoreCalibration, optional
+        The detection score's calibration (the manifest's ``"calibration"``); none (or the
+        identity): the raw call score is reported, and ``thresholds["detection"]`` is on it.
 
     Returns
     -------
@@ -328,6 +339,7 @@ def save_bundle(
         "architecture": arch.name,
         "classes": classes,
         "thresholds": thresholds,
+        **({"calibration": calibration.to_dict()} if calibration is not None and not calibration.is_identity else {}),
         "spectrogram": {
             "settings": spectrogram.to_dict(),
             "fingerprint": spectrogram.fingerprint(),
@@ -427,8 +439,8 @@ def load_bundle(path: str | os.PathLike, *, expect_fingerprint: str | None = Non
     ------
     BundleError
         With one line naming the bundle and the reason: no or unreadable ``manifest.json``,
-        invalid JSON, a format newer than this code, an unknown architecture, invalid classes
-        or thresholds, spectrogram settings that do not match their fingerprint (manifest
+        invalid JSON, a format newer than this code, an unknown architecture, invalid classes,
+        thresholds or calibration, spectrogram settings that do not match their fingerprint (manifest
         edited by hand) or ``expect_fingerprint``, a listed file missing or whose checksum
         differs (tampered or corrupted), an unlisted file in ``networks/`` or ``boosters/``.
     """
@@ -440,6 +452,10 @@ def load_bundle(path: str | os.PathLike, *, expect_fingerprint: str | None = Non
     if not isinstance(thresholds, Mapping):
         raise BundleError(path, f"{MANIFEST_NAME} has no thresholds")
     thresholds = _checked_thresholds(path, thresholds, classes)
+    try:
+        calibration = ScoreCalibration.from_dict(manifest.get("calibration"))
+    except CalibrationError as exc:
+        raise BundleError(path, f"{MANIFEST_NAME}: {exc}") from None
     spectrogram = _manifest_spectrogram(path, manifest)
     for key in ("training", "metrics", "hyperparameters"):
         if not isinstance(manifest.get(key), dict):
@@ -458,6 +474,7 @@ def load_bundle(path: str | os.PathLike, *, expect_fingerprint: str | None = Non
         thresholds=thresholds,
         spectrogram=spectrogram,
         manifest=manifest,
+        calibration=calibration,
     )
 
 

@@ -10,7 +10,7 @@
     calls = model.detect(cube.batml.recording(0)["spectrogram"])   # a spectrogram (xarray)
     calls = model.detect("results/night/cube.zarr")       # a cube
     probs = model.predict(windows)                        # (b, 130, 20, 1) -> (b, K + 1)
-    model.classes, model.thresholds, model.settings, model.manifest
+    model.classes, model.thresholds, model.settings, model.manifest, model.calibration
 
 :meth:`Model.detect` returns the table ``batml detect`` writes (the columns of
 :func:`pipeline.detection.schema.event_schema`), computed as ``batml detect`` computes it (the
@@ -69,7 +69,11 @@ class Model:
     classes : list of str
         The class names, in the order of the outputs after "not call".
     thresholds : dict of str to float
-        ``"detection"`` and one per class: the tuned ones with the overrides applied.
+        ``"detection"`` (on the calibrated score) and one per class: the tuned ones with the
+        overrides applied.
+    calibration : ScoreCalibration
+        The map of the raw call score to the reported ``score``
+        (:mod:`pipeline.detection.calibration`; the identity for a bundle without one).
     settings : SpectrogramSettings
         The spectrogram settings the model was trained on (its input).
     manifest : dict
@@ -91,6 +95,7 @@ class Model:
     fingerprint = property(lambda self: self.bundle.fingerprint)
 
     licence = property(lambda self: self.bundle.licence)
+    calibration = property(lambda self: self.bundle.calibration)
 
     def __repr__(self) -> str:
         terms = f"; licence: {self.licence}" if self.licence else ""
@@ -248,6 +253,7 @@ class Model:
             events = detect_columns(
                 self.predictor(), lambda a, b, s=start: np.asarray(array[s + a : s + b].values, dtype=np.float32),
                 n, offsets, self.classes, self.thresholds, scan=self.detect_settings.scan,
+                calibration=self.calibration,
             )  # fmt: skip
             tables.append(events_table(str(row["path"]), int(row["channel"]), events, self.classes))
         manifest = cube.batml.manifest
@@ -321,7 +327,8 @@ class Model:
         from pipeline.detection.recording import detect_recording
 
         events = detect_recording(
-            self.predictor(), columns, times, self.classes, self.thresholds, scan=self.detect_settings.scan
+            self.predictor(), columns, times, self.classes, self.thresholds, scan=self.detect_settings.scan,
+            calibration=self.calibration,
         )
         return events_table(file, channel, events, self.classes)
 

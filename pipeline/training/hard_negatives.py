@@ -18,12 +18,14 @@ def hard_examples(predictor, cube, recordings, classes, samples, tolerance: floa
 
     calls = calls_table(recordings, cube)
     detections = detect_recordings(predictor, cube, recordings, classes)
+    # The reference system's detections: the peaks whose raw call score beats P(not call).
+    detections = detections[detections["score"].to_numpy() > 0.5].reset_index(drop=True)
     if calls.empty:
         return samples
     matches = match_detections(calls, detections, tolerance) if len(detections) else np.zeros(0, np.int64)
     n_out = samples.n_outputs
     starts, n_columns, steps = cube["start"].values, cube["n_columns"].values, cube_column_steps(cube)
-    false = detections[(matches < 0) & (detections["score"].to_numpy() > 0.5)]
+    false = detections[matches < 0]
     recording = false["recording"].astype(np.int32).to_numpy()
     negatives = Samples(
         columns=starts[recording] + false["column"].to_numpy(np.int64),

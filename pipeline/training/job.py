@@ -9,7 +9,8 @@ Steps, each one function below:
 4. train the network(s), streaming windows from the cube;
 5. hybrids: embeddings of the training windows with Dask, one XGBoost booster per output
    (binary relevance, balanced weights) with ``xgboost.dask``;
-6. tune the thresholds on the validation recordings; 7. hard negative mining rounds;
+6. hard negative mining rounds; 7. calibrate the detection score, then tune the thresholds,
+   on the validation recordings;
 8. save the model bundle, evaluate it on the test split, write the report next to it.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 from pipeline.annotations.dataset import Annotations, read_dataset
 from pipeline.annotations.matching import usable_annotations
 from pipeline.config import Settings
-from pipeline.evaluation.recordings import evaluate_model, tuned_thresholds
+from pipeline.evaluation.recordings import calibrated_thresholds, evaluate_model
 from pipeline.evaluation.run import write_evaluation
 from pipeline.files import check_writable
 from pipeline.model.predictor import Predictor, inference_network
@@ -233,8 +234,15 @@ def train_model(
             boosters = fit_hybrid_boosters(client, arch, networks, cube_path, train_samples, booster_params, settings)
         predictor = Predictor(arch.name, networks, boosters)
     report.n_windows = len(train_samples)
-    thresholds = tuned_thresholds(predictor, cube, val_recs or fit_recs, classes)
-    report.metrics = evaluate_model(predictor, cube, annotations.test, classes, thresholds) if annotations.test else {}
+    calibration, thresholds = calibrated_thresholds(predictor, cube, val_recs or fit_recs, classes)
+    if calibration.is_identity:
+        report.notes.append(
+            "detection scores are not calibrated (the validation recordings have no call peak, or every "
+            "peak or none matched a call): the score is the raw call score"
+        )
+    report.metrics = (
+        evaluate_model(predictor, cube, annotations.test, classes, thresholds, calibration) if annotations.test else {}
+    )
     save_bundle(
         out,
         architecture=arch.name,
@@ -242,6 +250,7 @@ def train_model(
         networks={row: inference_network(network) for row, network in networks.items()},
         boosters=boosters,
         thresholds=thresholds,
+        calibration=calibration,
         spectrogram=spectrogram_settings,
         training={
             "windows": report.n_windows,
