@@ -228,7 +228,9 @@ def compile_network(
     """Compile a network for training with its row's Adam settings.
 
     The loss follows the head: categorical cross-entropy (one-hot targets) for a softmax
-    detector, binary cross-entropy (one independent target per output) otherwise.
+    detector, binary cross-entropy (one independent target per output) otherwise. Keras's
+    ``loss`` adds the layers' L2 penalties (a ResNet's rows have them); the metric
+    ``cross_entropy`` is the cross-entropy alone, so a history shows both.
 
     Parameters
     ----------
@@ -260,10 +262,14 @@ def compile_network(
     )
     head = model.layers[-1].get_config().get("activation")
     if head == "softmax":
-        loss = "categorical_crossentropy"
+        loss, cross_entropy = "categorical_crossentropy", keras.losses.categorical_crossentropy
+    elif masked:
+        loss = cross_entropy = masked_binary_crossentropy
     else:
-        loss = masked_binary_crossentropy if masked else "binary_crossentropy"
-    model.compile(optimizer=optimizer, loss=loss)
+        loss, cross_entropy = "binary_crossentropy", keras.losses.binary_crossentropy
+    # the loss alone, without the L2 penalties that "loss" adds (they dominate a ResNet's)
+    metric = keras.metrics.MeanMetricWrapper(cross_entropy, name="cross_entropy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
     return model
 
 
