@@ -229,8 +229,8 @@ def compile_network(
 
     The loss follows the head: categorical cross-entropy (one-hot targets) for a softmax
     detector, binary cross-entropy (one independent target per output) otherwise. Keras's
-    ``loss`` adds the layers' L2 penalties (a ResNet's rows have them); the metric
-    ``cross_entropy`` is the cross-entropy alone, so a history shows both.
+    ``loss`` adds the layers' L2 penalties; a network that has some (the ResNets' rows) also
+    gets the metric ``cross_entropy``, the cross-entropy alone, so that its history shows both.
 
     Parameters
     ----------
@@ -267,9 +267,10 @@ def compile_network(
         loss = cross_entropy = masked_binary_crossentropy
     else:
         loss, cross_entropy = "binary_crossentropy", keras.losses.binary_crossentropy
-    # the loss alone, without the L2 penalties that "loss" adds (they dominate a ResNet's)
-    metric = keras.metrics.MeanMetricWrapper(cross_entropy, name="cross_entropy")
-    model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
+    metrics = []
+    if model.losses:  # L2 penalties, which Keras adds to "loss" (they dominate a ResNet's)
+        metrics.append(keras.metrics.MeanMetricWrapper(cross_entropy, name="cross_entropy"))
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
 
