@@ -4,6 +4,7 @@ for a few steps on a tiny simulated archive (the real ``batml train`` path, ``fi
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,6 +17,36 @@ from pipeline.training.batch_norm import batch_norm_layers, estimation_batches, 
 
 # Keras's TensorFlow backend calls np.array on tensors in a way numpy 2 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+REFERENCE_PARAMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference_models" / "resnet_params.csv"
+
+#: The reference's column for each of batml's (its resnet_params.csv).
+REFERENCE_COLUMNS = {
+    "l2": "L2_weight_decay",
+    "batch_norm_momentum": "batch_norm_decay",
+    "batch_norm_epsilon": "batch_norm_epsilon",
+    "learning_rate": "learn_rate_adam",
+    "beta_1": "beta_1",
+    "beta_2": "beta_2",
+    "adam_epsilon": "epsilon",
+    "min_delta": "min_delta",
+    "patience": "patience",
+    "batch_size": "batchsize",
+}
+
+
+@pytest.mark.parametrize("row", ["resnet_8", "resnet_2", "resnet_7"])
+def test_resnet_rows_are_the_reference_systems(row):
+    import pandas as pd
+
+    from pipeline.model.params import load_params
+
+    if not REFERENCE_PARAMS.is_file():
+        pytest.skip(f"the reference's resnet_params.csv not found at {REFERENCE_PARAMS} (see ../shared/data/README.md)")
+    reference = pd.read_csv(REFERENCE_PARAMS, encoding="utf-8-sig").set_index("model").loc[row]
+    ours = load_params(row)
+    for column, theirs in REFERENCE_COLUMNS.items():
+        assert ours[column] == pytest.approx(float(reference[theirs]), rel=1e-12), column
 
 
 def small_network():
