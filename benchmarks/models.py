@@ -3,7 +3,13 @@
 For each model it trains with ``batml train``'s code (default settings unless capped), then
 prints: detection AP, mAP, multi-label micro F1 over all matched calls and over overlapping
 calls only, training wall time, bundle size, and inference CPU-seconds per second of audio
-(the dense per-column path over the test recordings, in this process).
+(the dense per-column path over the test recordings, in this process). Then, for each
+network of the model: the epochs it ran, the CPU-seconds of an epoch's training steps
+(this process, all threads; the validation pass left out), per training window for the
+networks that train on every window (a two-stage classifier trains on the call windows
+only), the CPU-seconds of its batch-norm estimate per epoch (ResNets), and its cross-entropy
+(without the L2 penalties) on the training and validation windows at the first and last
+epoch.
 
 Targets of issue 3 (not asserted): hybrid_cnn_xgboost with the default settings reaches
 detection AP >= 0.95 and mAP >= 0.90 on a 20-minute archive, trained in under 30 minutes on
@@ -13,6 +19,8 @@ Usage::
 
     python benchmarks/models.py --minutes 20 --models hybrid_cnn_xgboost cnn8 --workers 2
     python benchmarks/models.py --minutes 1 --epochs 1      # a quick smoke run of all six
+    python benchmarks/models.py --minutes 5 --epochs 8 --workers 1 \
+        --models resnet8 resnet2 hybrid_resnet_xgboost cnn8 hybrid_cnn_xgboost   # README's reduced budget
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ def _bytes(path: Path) -> int:
 
 def inference_cost(model: Path, annotations, cube_path: Path) -> float:
     """CPU-seconds per second of audio of the dense detection of the test recordings."""
+    from pipeline.annotations.matching import match_recordings
     from pipeline.evaluation.recordings import detect_recordings
     from pipeline.io.cube import open_cube
     from pipeline.model.bundle import load_bundle
@@ -36,10 +45,38 @@ def inference_cost(model: Path, annotations, cube_path: Path) -> float:
     bundle = load_bundle(model)
     predictor = Predictor.from_bundle(bundle)
     cube = open_cube(cube_path)
-    seconds = sum(r.duration for r in annotations.test)
+    indices, _ = match_recordings(cube, [r.file for r in annotations.test])
+    durations = cube["duration"].values  # the annotations' own durations may be NaN
+    seconds = float(sum(durations[i] for i in indices if i is not None))
     t0 = time.process_time()
     detect_recordings(predictor, cube, annotations.test, bundle.classes)
     return (time.process_time() - t0) / seconds
+
+
+def network_lines(model: Path, n_windows: int) -> list[str]:
+    """One line per network of a trained bundle: epochs, CPU time per epoch, cross-entropies."""
+    import json
+
+    from pipeline.model.registry import get_architecture
+
+    manifest = json.loads((model / "manifest.json").read_text())
+    arch = get_architecture(manifest["architecture"])
+    lines = []
+    for row, history in manifest["training"]["histories"].items():
+        cpu = history.get("cpu_seconds", [])
+        epochs = len(cpu)
+        if not epochs:
+            continue
+        per_epoch = sum(cpu) / epochs
+        all_windows = not (arch.two_stage and row == arch.classifier_row)
+        per_window = f"{1000 * per_epoch / n_windows:.1f} CPU-ms/window" if all_windows else "call windows only"
+        estimate = history.get("batch_norm_cpu_seconds", [])
+        estimate = f", batch-norm estimate {sum(estimate) / len(estimate):.1f} CPU-s" if estimate else ""
+        train, val = history.get("cross_entropy", []), history.get("val_cross_entropy", [])
+        curve = f"; cross-entropy train {train[0]:.3f} -> {train[-1]:.3f}" if train else ""
+        curve += f", validation {val[0]:.3f} -> {val[-1]:.3f}" if val else ""
+        lines.append(f"  {row}: {epochs} epochs, {per_epoch:.0f} CPU-s/epoch ({per_window}){estimate}{curve}")
+    return lines
 
 
 def main() -> None:
@@ -58,6 +95,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="cap on epochs (default: the CSV's, with early stopping)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", type=Path, default=Path("/tmp/batml-models-bench"))
+    parser.add_argument("--no-inference-cost", action="store_true",
+                        help="skip the second dense pass over the test split that measures inference CPU-s/s")  # fmt: skip
     args = parser.parse_args()
 
     root = args.data / f"sim-{args.minutes:g}min-seed{args.seed}"
@@ -81,12 +120,16 @@ def main() -> None:
             minutes = (time.perf_counter() - t0) / 60
             m = report.metrics
             ml = m["multilabel"]
+            cost = float("nan") if args.no_inference_cost else inference_cost(out, annotations, cube)
             print(
                 f"{name:<22} {m['detection']['ap'] or 0:6.3f} {m['classification']['map'] or 0:6.3f} "
                 f"{ml['all']['micro_f1'] or 0:6.3f} {ml['overlapping']['micro_f1'] or 0:9.3f} {minutes:9.1f} "
-                f"{_bytes(out) / 1e6:7.1f} {inference_cost(out, annotations, cube):13.3f}",
+                f"{_bytes(out) / 1e6:7.1f} {cost:13.3f}",
                 flush=True,
             )
+            print(f"  {report.n_windows} training windows", flush=True)
+            for line in network_lines(out, report.n_windows):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,9 @@ def compile_network(
     """Compile a network for training with its row's Adam settings.
 
     The loss follows the head: categorical cross-entropy (one-hot targets) for a softmax
-    detector, binary cross-entropy (one independent target per output) otherwise.
+    detector, binary cross-entropy (one independent target per output) otherwise. Keras's
+    ``loss`` adds the layers' L2 penalties; a network that has some (the ResNets' rows) also
+    gets the metric ``cross_entropy``, the cross-entropy alone, so that its history shows both.
 
     Parameters
     ----------
@@ -260,10 +262,15 @@ def compile_network(
     )
     head = model.layers[-1].get_config().get("activation")
     if head == "softmax":
-        loss = "categorical_crossentropy"
+        loss, cross_entropy = "categorical_crossentropy", keras.losses.categorical_crossentropy
+    elif masked:
+        loss = cross_entropy = masked_binary_crossentropy
     else:
-        loss = masked_binary_crossentropy if masked else "binary_crossentropy"
-    model.compile(optimizer=optimizer, loss=loss)
+        loss, cross_entropy = "binary_crossentropy", keras.losses.binary_crossentropy
+    metrics = []
+    if model.losses:  # L2 penalties, which Keras adds to "loss" (they dominate a ResNet's)
+        metrics.append(keras.metrics.MeanMetricWrapper(cross_entropy, name="cross_entropy"))
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
 

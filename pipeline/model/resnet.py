@@ -13,6 +13,20 @@ uses 'same' padding, so the small 130x20 patch survives the five halvings::
 A global average pool over what is left is the layer named ``"embedding"`` (2048 values,
 the hybrid model's XGBoost features), followed by the dense output layer. L2 weight decay
 (``l2``) applies to every kernel and to the output's bias. The model is returned uncompiled.
+
+This is the network the reference system built (``resnet_helper.py`` of luciledierckx/batML),
+from the same rows (its ``resnet_params.csv``: ``l2`` is its ``L2_weight_decay``,
+``batch_norm_momentum`` its ``batch_norm_decay``): the same blocks and widths, He-normal
+kernels without bias, the L2 penalty a ``kernel_regularizer`` of every convolution and of the
+output's kernel and bias (a term of the loss, ``l2 * sum(w**2)`` per layer, not a decoupled
+weight decay of the optimizer), batch norm with the row's momentum and epsilon. Where the
+reference padded by hand (three rows and columns of zeros before a valid 7x7 stem, one
+before a valid max-pool), 'same' padding gives the same shapes, the stem's grid offset by one
+row and column. The two-stage detector's head is a softmax under categorical cross-entropy
+(the reference put a sigmoid under a sparse categorical cross-entropy). What batml adds is
+in training: the batch-norm statistics are re-estimated on training windows before each
+validation pass and after training (:mod:`pipeline.training.batch_norm`), as the moving
+averages lag far behind on a short training.
 """
 
 from __future__ import annotations

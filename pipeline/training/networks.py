@@ -56,11 +56,25 @@ def fit_networks(arch, networks, params_by_row, cube_path, train, validation, se
     return histories
 
 
+#: Training windows whose batch-norm statistics are averaged (:mod:`pipeline.training.batch_norm`).
+BATCH_NORM_WINDOWS = 2048
+
+
 def _fit(network, params, cube_path, data, epochs: int, seed: int, progress: bool) -> dict[str, list[float]]:
-    """One ``network.fit`` with early stopping on the validation windows; its history."""
+    """One ``network.fit`` with early stopping on the validation windows; its history.
+
+    Besides Keras's keys, the history holds ``cpu_seconds`` and ``wall_seconds``: the time of
+    each epoch's training steps (validation left out; CPU time of this process, all threads).
+    A network with batch norm gets its statistics re-estimated on (at most
+    :data:`BATCH_NORM_WINDOWS`) training windows before each validation pass
+    (:mod:`pipeline.training.batch_norm`); ``batch_norm_cpu_seconds`` is the CPU time of
+    each estimate.
+    """
     import keras
 
-    from pipeline.windows import WindowSequence
+    from pipeline.training.batch_norm import batch_norm_layers, estimation_batches
+    from pipeline.training.callbacks import BatchNormEstimate, EpochClock
+    from pipeline.windows import WindowSequence, read_windows
 
     (columns, targets), (val_columns, val_targets) = data
     batch = int(params.get("batch_size", 320))
@@ -72,8 +86,19 @@ def _fit(network, params, cube_path, data, epochs: int, seed: int, progress: boo
         min_delta=float(params.get("min_delta", 0.0)),
         restore_best_weights=True,
     )
+    clock = EpochClock()
+    callbacks = [clock, stop] if len(validation) else [clock]
+    estimate = None
+    if batch_norm_layers(network):
+        def read(indices):
+            return read_windows(windows.spectrogram, columns[indices], windows.width)
+
+        estimate = BatchNormEstimate(read, estimation_batches(len(columns), batch, BATCH_NORM_WINDOWS, seed))
+        callbacks.append(estimate)
     history = network.fit(
         windows, validation_data=validation if len(validation) else None, epochs=epochs,
-        callbacks=[stop] if len(validation) else [], verbose=1 if progress else 0,
+        callbacks=callbacks, verbose=1 if progress else 0,
     )  # fmt: skip
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    timing = {**clock.seconds(), **({"batch_norm_cpu_seconds": estimate.cpu_seconds} if estimate else {})}
+    return {**{k: [float(v) for v in vals] for k, vals in history.history.items()}, **timing}
+
