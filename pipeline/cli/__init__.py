@@ -22,7 +22,7 @@ from pipeline.cli.options import EXIT_ERROR, EXIT_INTERRUPTED, HelpFormatter
 from pipeline.interrupt import interruptible
 
 #: The subcommands, in the order ``batml --help`` lists them.
-COMMANDS = ("simulate", "manifest", "convert", "ingest", "train", "tune", "detect", "evaluate", "plot")
+COMMANDS = ("simulate", "manifest", "convert", "ingest", "train", "tune", "detect", "evaluate", "plot", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,15 +63,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.io.archive import ArchiveError
     from pipeline.io.cube import CubeError
     from pipeline.model.bundle import BundleError
+    from pipeline.model.device import ExportError
     from pipeline.model.params import ParamsError
     from pipeline.model.reference import ReferenceModelError
+    from pipeline.model.runtime import RuntimeModelError
     from pipeline.outputs.folder import DetectionsError
     from pipeline.simulation.settings import SimulationError
     from pipeline.training import TrainingError
 
     return (
         SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
-        TrainingError, DetectionsError, SimulationError, ReferenceModelError, FileNotFoundError, PermissionError, *_plot_errors(),
+        TrainingError, DetectionsError, SimulationError, ReferenceModelError, ExportError, RuntimeModelError, FileNotFoundError, PermissionError, *_plot_errors(),
     )  # fmt: skip
 
 

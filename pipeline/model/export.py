@@ -241,6 +241,63 @@ def strip_graph(network, stride: int = 1):
     )
 
 
+#: Layer classes of :func:`pipeline.model.cnn.build_cnn` networks, the ones the graphs reproduce.
+EXPORTABLE_LAYERS = ("InputLayer", "ZeroPadding2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense")
+
+
+def export_refusal(network) -> str | None:
+    """Why a network cannot be exported to the graphs of this module (None: it can).
+
+    The graphs rebuild the CNNs of :func:`pipeline.model.cnn.build_cnn` layer by layer, so any
+    other layer (the reference system's frequency flip, a ResNet's batch normalisation...) or a
+    convolution whose activation is not ReLU would be silently dropped: such networks are
+    refused, and detection runs them in Keras.
+    """
+    other = sorted({type(layer).__name__ for layer in network.layers} - set(EXPORTABLE_LAYERS))
+    if other:
+        return f"{network.name} has layers the ONNX export does not rebuild ({', '.join(other)})"
+    for layer in network.layers:
+        if type(layer).__name__ == "Conv2D" and layer.get_config().get("activation") != "relu":
+            return f"{network.name}: {layer.name} is not followed by a ReLU"
+    try:
+        network_geometry(network)
+        network.get_layer("embedding")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+#: The name of a runtime graph in a bundle: ``windows`` (:func:`window_graph`) or ``strip<k>``
+#: (:func:`strip_graph` at stride ``k``).
+WINDOW_VARIANT = "windows"
+
+
+def strip_variant(stride: int) -> str:
+    """The variant name of the strip graph of a stride (``strip1``, ``strip4``...)."""
+    return f"strip{int(stride)}"
+
+
+def runtime_graphs(network) -> dict:
+    """Every float graph detection can use for a network: ``{variant: onnx.ModelProto}``.
+
+    ``windows`` for any exportable CNN; for a valid-time one also ``strip<k>`` for each stride
+    of :func:`strip_strides` (the coarse grid of the scan, and stride 1 for its refinement).
+
+    Raises
+    ------
+    ValueError
+        When the network cannot be exported (:func:`export_refusal`).
+    """
+    refusal = export_refusal(network)
+    if refusal:
+        raise ValueError(refusal)
+    graphs = {WINDOW_VARIANT: window_graph(network)}
+    if network_geometry(network).valid_time:
+        for stride in strip_strides(network):
+            graphs[strip_variant(stride)] = strip_graph(network, stride)
+    return graphs
+
+
 def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: bool = True):
     """An ONNX graph with int8 weights and activations (static quantization, QDQ format).
 
