@@ -129,8 +129,10 @@ def _in_process_cluster():
     from distributed import LocalCluster
 
     return LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, silence_logs=logging.CRITICAL
-    )
+        n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.CRITICAL,
+        # no dashboard (nor bokeh's import); the scheduler's small HTTP server on any free port
+        scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+    )  # fmt: skip
 
 
 def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit: str | None):

@@ -280,7 +280,7 @@ def _model_document(bundle, settings, precision: str, names: dict, hybrid: bool)
     from pipeline.config import WINDOW_COLUMNS
     from pipeline.detection.events import NMS_RADIUS_COLUMNS, SMOOTHING_SIGMA_COLUMNS
     from pipeline.detection.settings import resolve_thresholds
-    from pipeline.model.bundle import MANIFEST_NAME
+    from pipeline.model.bundle import DEFAULT_BUNDLE, MANIFEST_NAME
     from pipeline.model.export import WINDOW_VARIANT
 
     manifest_sha = hashlib.sha256((bundle.path / MANIFEST_NAME).read_bytes()).hexdigest()
@@ -292,6 +292,7 @@ def _model_document(bundle, settings, precision: str, names: dict, hybrid: bool)
             "architecture": bundle.architecture,
             "bundle": str(bundle.path),
             "manifest_sha256": manifest_sha,
+            **({"default": True} if bundle.path.resolve() == DEFAULT_BUNDLE.resolve() else {}),
             **({"source": bundle.manifest["source"]} if bundle.manifest.get("source") else {}),
         },
         "licence": bundle.licence,
@@ -320,7 +321,12 @@ def _model_document(bundle, settings, precision: str, names: dict, hybrid: bool)
 
 
 def _readme(document: dict) -> str:
-    licence = document.get("licence") or "batml's own (MIT); no restriction recorded in the model's manifest"
+    licence = document.get("licence") or "none recorded in the model's manifest"
+    if not document.get("licence") and document["model"].get("default"):
+        licence += (
+            " (batml's bundled model was trained partly on real recordings under CC BY-NC 4.0, from the batdetect2 "
+            "repositories: non-commercial use; see batml's README)"
+        )
     return (
         f"batml device export ({document['model']['architecture']}, {document['network']['precision']} network)\n\n"
         "  model.json           spectrogram settings, classes, thresholds, detection settings, file names\n"

@@ -19,6 +19,8 @@ renamed (:func:`write_model`). This module needs the network object, not TensorF
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -347,7 +349,7 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
             array = next(self._arrays, None)
             return None if array is None else {input_name: np.asarray(array, np.float32)}
 
-    with tempfile.TemporaryDirectory(prefix="batml-quantize-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="batml-quantize-") as tmp, _quiet_quantizer():
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, source)
         quantize_static(
@@ -358,6 +360,23 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
         quantized = onnx.load(target)
     onnx.helper.set_model_props(quantized, {prop.key: prop.value for prop in model.metadata_props})
     return quantized
+
+
+class _QuantizerAdvice(logging.Filter):
+    """Drops ONNX Runtime's quantizer advice ("consider pre-processing"), logged on the root logger."""
+
+    def filter(self, record) -> bool:
+        return "onnxruntime" not in record.pathname.replace("\\", "/")
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    root, advice = logging.getLogger(), _QuantizerAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def write_model(model, path: str | os.PathLike) -> Path:

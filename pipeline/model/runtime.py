@@ -78,6 +78,7 @@ class _OnnxRuntimeSession:
         self.input_name = self._session.get_inputs()[0].name
         self.input_shape = self._session.get_inputs()[0].shape
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
     def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, {self.input_name: array})
@@ -111,6 +112,7 @@ class _OpenVinoSession:
         self.input_name = self._compiled.inputs[0].get_any_name()
         self.input_shape = [d.get_length() if d.is_static else None for d in self._compiled.inputs[0].get_partial_shape()]
         self._outputs = [o.get_any_name() for o in self._compiled.outputs]
+        self.metadata = _metadata(model)
 
     def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
         result = self._request.infer({0: array})
@@ -210,8 +212,8 @@ class NetworkRuntime:
         if strip_model is not None:
             models = strip_model.values() if isinstance(strip_model, Mapping) else [strip_model]
             for model in models:
-                source = _model_source(model)
-                self._strips[int(_metadata(source).get("stride", 1))] = _session(source, engine, self.threads, precision)
+                session = _session(_model_source(model), engine, self.threads, precision)
+                self._strips[int(session.metadata.get("stride", 1))] = session
         #: The stride :meth:`strip` uses by default: the smallest of the strip graphs (None: no strip graph).
         self.stride = min(self._strips) if self._strips else None
         self.rows = int(self._windows.input_shape[1])
