@@ -76,7 +76,8 @@ def test_the_export_holds_the_model_in_plain_files(exported):
     ]  # fmt: skip
     model = json.loads((folder / "model.json").read_text())
     assert model["classes"][:2] == ["Barbarg", "Envsp"] and model["network"]["precision"] == "float"
-    assert model["detection"]["booster_margin"] == 3 and model["detection"]["scan_stride"] == 4
+    assert model["detection"]["booster_margin"] is None and model["detection"]["booster_gate"] == 0.01
+    assert model["detection"]["scan_stride"] == 4
     assert "Terms of use of this model: none recorded" in (folder / "README.txt").read_text()
     assert "CC BY-NC 4.0" in (folder / "README.txt").read_text()  # the bundled model's training recordings
     with np.load(folder / "boosters.npz", allow_pickle=False) as arrays:  # plain numbers, no pickle

@@ -105,13 +105,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     fast.add_argument(
         "--booster-gate", type=float, metavar="G",
-        help="hybrids: run the boosters only near the peaks of the network's own call score that reach G "
-        "(default 0.01; 0: every peak)",
+        help="hybrids: run the boosters only where the network's own call score reaches G (default 0.01; 0: everywhere)",
     )  # fmt: skip
     fast.add_argument(
         "--booster-margin", type=int, metavar="M",
-        help="hybrids: ... within M columns of such a peak (default 3); -1: on every window whose network call "
-        "score reaches G instead",
+        help="hybrids: ... and only within M columns of a peak of that call score (default: off, -1; fewer booster "
+        "runs on dense passes, but the AP moves by up to 0.06 on real sets)",
     )  # fmt: skip
     fast.add_argument(
         "--precision", choices=("auto", "float", "int8"), default="auto",

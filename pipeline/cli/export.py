@@ -30,11 +30,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "only numpy and onnxruntime, no TensorFlow, Dask or batml, and reproduces batml detect's events on the "
         "same audio) and README.txt with the model's terms of use. Only ONNX is written: LiteRT files would come "
         "from TensorFlow's converter, whose int8 network differs from the graphs batml detects with, so its "
-        "events could not be batml's; ONNX Runtime runs on ARM and x86 Linux recorders.",
+        "events could not be batml's; ONNX Runtime runs on ARM and x86 Linux recorders. On the device: "
+        "python DIR/runner.py RECORDING.wav -o calls.csv.",
         epilog="Examples:\n  batml export models/hybrid --to device/hybrid\n"
         "  batml export models/hybrid --to device/hybrid-int8 --int8\n"
-        "  batml export --to device/default-int8 --int8 --calibration /data/night   # the bundled model\n"
-        "  python device/hybrid/runner.py night/20260612_213015.wav -o calls.csv",
+        "  batml export --to device/default-int8 --int8 --calibration /data/night   # the bundled model",
     )
     p.add_argument("model", nargs="?", type=Path, metavar="MODEL_DIR", help="model bundle (default: the bundled model)")
     p.add_argument("--to", required=True, type=Path, metavar="DIR", help="the export folder (an earlier export is replaced)")

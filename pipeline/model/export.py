@@ -20,6 +20,7 @@ renamed (:func:`write_model`). This module needs the network object, not TensorF
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -255,6 +256,8 @@ def export_refusal(network) -> str | None:
     convolution whose activation is not ReLU would be silently dropped: such networks are
     refused, and detection runs them in Keras.
     """
+    if not hasattr(network, "layers") or not hasattr(network, "get_layer"):
+        return f"{type(network).__name__} is not a Keras network"
     other = sorted({type(layer).__name__ for layer in network.layers} - set(EXPORTABLE_LAYERS))
     if other:
         return f"{network.name} has layers the ONNX export does not rebuild ({', '.join(other)})"
@@ -300,7 +303,26 @@ def runtime_graphs(network) -> dict:
     return graphs
 
 
-def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: bool = True):
+def _layer_nodes(model, output: str) -> list[str]:
+    """The nodes computing a graph output from the last Gemm or Conv before it (that layer, its
+    reshapes and its activation)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names, node = [], producers[output]
+    while True:
+        names.append(node.name)
+        if node.op_type in ("Gemm", "Conv", "MatMul") or node.input[0] not in producers:
+            return names
+        node = producers[node.input[0]]
+
+
+def quantized_int8(
+    model,
+    calibration: Iterable[np.ndarray],
+    *,
+    per_channel: bool = True,
+    float_embedding: bool = False,
+    float_first_conv: bool = False,
+):
     """An ONNX graph with int8 weights and activations (static quantization, QDQ format).
 
     Parameters
@@ -325,7 +347,12 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
         the probabilities stay continuous: quantized to 1/255 steps, equal neighbours merge the
         low peaks of the call score and the events change (a 0.026 AP loss on a small model,
         against 0.003 with a float head, ``benchmarks/inference_speed.py``). The
-        ``probabilities`` and ``embedding`` outputs are float32.
+        ``probabilities`` and ``embedding`` outputs are float32. With ``float_embedding`` the
+        layer computing the embedding stays float too (only the convolutions are int8): a
+        hybrid's boosters split on embedding values, and int8 steps there move their trees'
+        decisions (``pipeline.training.precision`` tries both). With ``float_first_conv`` the
+        first convolution reads the spectrogram in float: the spectrogram's heavy tail makes a
+        uint8 step of the input larger than most of its values (2.5 % of the multiply-adds).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -337,9 +364,11 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
     )
 
     input_name = model.graph.input[0].name
-    producers = {output: node for node in model.graph.node for output in node.output}
-    activation = producers[PROBABILITIES]
-    head = [activation.name, producers[activation.input[0]].name]  # the output layer stays float
+    head = _layer_nodes(model, PROBABILITIES)  # the output layer stays float
+    if float_embedding:
+        head += _layer_nodes(model, EMBEDDING)
+    if float_first_conv:
+        head.append(next(node.name for node in model.graph.node if node.op_type == "Conv"))
 
     class _Reader(CalibrationDataReader):
         def __init__(self, arrays):
@@ -349,7 +378,9 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
             array = next(self._arrays, None)
             return None if array is None else {input_name: np.asarray(array, np.float32)}
 
-    with tempfile.TemporaryDirectory(prefix="batml-quantize-") as tmp, _quiet_quantizer():
+    with tempfile.TemporaryDirectory(prefix="batml-quantize-") as tmp, _quiet_quantizer(), contextlib.redirect_stdout(
+        io.StringIO()  # the calibrator prints its tensors and bins
+    ):
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, source)
         quantize_static(

@@ -130,8 +130,7 @@ class Model:
 
     def scorer(self):
         """What :meth:`detect` scores with: :func:`pipeline.detection.scorers.model_scorer` with the
-        detect settings (the boosters near the peaks of the network's call score), as
-        ``batml detect``'s workers do."""
+        detect settings (the scan, the boosters' policy), as ``batml detect``'s workers do."""
         from pipeline.detection.scorers import model_scorer
 
         if self._scorer is None:
