@@ -321,7 +321,6 @@ def quantized_int8(
     *,
     per_channel: bool = True,
     float_embedding: bool = False,
-    float_first_conv: bool = False,
 ):
     """An ONNX graph with int8 weights and activations (static quantization, QDQ format).
 
@@ -350,9 +349,7 @@ def quantized_int8(
         ``probabilities`` and ``embedding`` outputs are float32. With ``float_embedding`` the
         layer computing the embedding stays float too (only the convolutions are int8): a
         hybrid's boosters split on embedding values, and int8 steps there move their trees'
-        decisions (``pipeline.training.precision`` tries both). With ``float_first_conv`` the
-        first convolution reads the spectrogram in float: the spectrogram's heavy tail makes a
-        uint8 step of the input larger than most of its values (2.5 % of the multiply-adds).
+        decisions (``pipeline.training.precision`` tries both).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -367,8 +364,6 @@ def quantized_int8(
     head = _layer_nodes(model, PROBABILITIES)  # the output layer stays float
     if float_embedding:
         head += _layer_nodes(model, EMBEDDING)
-    if float_first_conv:
-        head.append(next(node.name for node in model.graph.node if node.op_type == "Conv"))
 
     class _Reader(CalibrationDataReader):
         def __init__(self, arrays):
