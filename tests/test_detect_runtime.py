@@ -282,3 +282,45 @@ def test_a_small_input_runs_in_process_and_help_says_so(tmp_path, real_data, cap
         main(["detect", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "in this process" in help_text and "ONNX Runtime" in help_text
+
+
+# ------------------------------------------------------------------ int8 at bundle time
+
+
+def test_training_keeps_int8_only_where_it_keeps_the_detection_ap(tmp_path, small_archive, bundle):
+    """The bundled network and boosters, a small simulated archive: the int8 variants are measured
+    against float on its test recordings, int8 graphs are kept only when one of them is within
+    the tolerance, and the saved bundle runs at the precision chosen."""
+    from pipeline.annotations.dataset import read_dataset
+    from pipeline.distributed import connect
+    from pipeline.ingestion import ingest
+    from pipeline.io.cube import open_cube
+    from pipeline.model.bundle import load_bundle, save_bundle
+    from pipeline.model.inference import runtime_graphs
+    from pipeline.training.precision import AP_TOLERANCE, INT8_VARIANTS, choose_runtime_graphs
+
+    with connect("in-process") as client:
+        ingest(small_archive.root, tmp_path / "cube.zarr", client=client, progress=False)
+    cube = open_cube(tmp_path / "cube.zarr")
+    annotations = read_dataset(small_archive.annotations_npz)
+    graphs, runtime = choose_runtime_graphs(
+        bundle.network("cnn_8"), bundle.boosters(), cube, annotations.train, annotations.test, bundle.classes
+    )
+    check = runtime["int8_check"]
+    assert check["events_float"] > 10 and 0.5 < check["detection_ap_float"] <= 1.0
+    tried = [v for v in INT8_VARIANTS if f"detection_ap_{v}" in check]
+    within = [v for v in tried if check["detection_ap_float"] - check[f"detection_ap_{v}"] <= AP_TOLERANCE]
+    quantized = any(node.op_type == "QuantizeLinear" for node in graphs["windows"].graph.node)
+    if runtime["precision"] == "int8":
+        assert check["kept"] == within[0] == tried[-1] and quantized
+    else:
+        assert tried == list(INT8_VARIANTS) and not within and not quantized
+    saved = save_bundle(
+        tmp_path / "model", architecture=bundle.architecture, classes=bundle.classes,
+        networks={"cnn_8": bundle.network("cnn_8")}, boosters=bundle.boosters(), thresholds=bundle.thresholds,
+        spectrogram=bundle.spectrogram, training={}, metrics={}, params={}, graphs={"cnn_8": graphs}, runtime=runtime,
+    )  # fmt: skip
+    reloaded = load_bundle(saved)
+    assert reloaded.runtime["precision"] == runtime["precision"]
+    assert runtime_graphs(reloaded).precision == runtime["precision"]
+    assert runtime_graphs(reloaded, "float").precision == "float"
