@@ -110,6 +110,7 @@ class WindowScorer:
         self.batch_size = int(batch_size)
         self.width = int(getattr(network, "width", WINDOW_COLUMNS))
         self._n_outputs: int | None = None
+        self._n_units: int | None = None
 
     @property
     def extra_reach(self) -> int:
@@ -204,8 +205,10 @@ class WindowScorer:
         return self.n_outputs
 
     def _units(self) -> int:
-        blank = np.zeros((1, self.network.rows, self.width, 1), np.float32)
-        return int(self.network.embed(blank)[1].shape[1])
+        if self._n_units is None:
+            blank = np.zeros((1, self.network.rows, self.width, 1), np.float32)
+            self._n_units = int(self.network.embed(blank)[1].shape[1])
+        return self._n_units
 
     def _gate(self, head: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """A mask of ``head``'s rows: those of ``rows`` whose call score reaches the gate."""
