@@ -174,7 +174,7 @@ def speed(args, extra) -> None:
     for name, (small, large) in archives.items():
         seconds = [audio_seconds(small), audio_seconds(large)]
         for label, config in CONFIGS.items():
-            if name == "monitoring" and label == "in-process":
+            if (name == "monitoring" and label == "in-process") or label.split(",")[0].split()[0] not in args.configs:
                 continue
             runs = [run_detect(folder, args.data / "out" / f"{folder.name}-{label.split()[0]}{k}", config, extra)
                     for k, folder in enumerate((small, large))]  # fmt: skip
@@ -191,6 +191,8 @@ def speed(args, extra) -> None:
                       f"{marginal if run is runs[1] else float('nan'):9.1f} {startup if run is runs[0] else float('nan'):9.1f} "
                       f"{run['driver_mb']:9.0f} {workers:>11}  {run['cluster']}, {network}", flush=True)  # fmt: skip
     peer = peer_runs(args, archives["real"]) if args.peer else None
+    if set(args.configs) != {"default", "in-process", "local"}:
+        return
     print("\nissue 17's table (real 0166 files; CPU = user + sys of the whole command and its workers):")
     default, local2 = found[("real", "default (auto)")], found[("real", "local, 2 workers")]
     # the default command runs the small archive in this process: its start-up beyond the in-process marginal cost
@@ -381,6 +383,8 @@ def main(argv=None) -> None:
                         choices=["speed", "accuracy", "export"])  # fmt: skip
     parser.add_argument("--copies", type=int, nargs=2, default=(1, 8), help="copies of the 0166 files: small, large")
     parser.add_argument("--minutes", type=float, nargs=2, default=(2.0, 26.0), help="monitoring archive: small, large")
+    parser.add_argument("--configs", nargs="+", default=["default", "in-process", "local"],
+                        choices=["default", "in-process", "local"], help="configurations of the speed section")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "batml-detect-bench")
     args = parser.parse_args(argv)
     args.data.mkdir(parents=True, exist_ok=True)

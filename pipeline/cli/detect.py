@@ -37,13 +37,15 @@ def run(args) -> int:
                                ("booster_gate", args.booster_gate)) if v is not None}  # fmt: skip
     if args.booster_margin is not None:
         fast["booster_margin"] = None if args.booster_margin < 0 else args.booster_margin
+    precision = args.precision
     if args.dense:
         fast = dict(scan_stride=1, scan_gamma=0.0, booster_gate=0.0, booster_margin=None)
+        precision = "float" if precision == "auto" else precision
     settings = DetectSettings(
         thresholds=dict(args.threshold or []) or None,
         formats=args.format,
         raven_per_recording=args.raven == "per-recording",
-        precision=args.precision,
+        precision=precision,
         engine=args.engine,
         **fast,
     )
@@ -95,7 +97,8 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--dense", action="store_true",
-        help="score every window with the whole model (the slow reference; default: the coarse-to-fine fast path)",
+        help="score every window with the whole model, in float (the slow reference; default: the coarse-to-fine "
+        "fast path)",
     )  # fmt: skip
     fast = p.add_argument_group("fast path (advanced; benchmarks/detect_speed.py measures them)")
     fast.add_argument("--scan-stride", type=int, metavar="S", help="score every S-th window first (default 4; 1: every window)")
