@@ -339,8 +339,8 @@ def export_figures(args, bundle, sets) -> None:
         bundle.path, args.data / "export-int8", int8=True, calibration=None if int8 else calibration,
         detect_settings=everything,
     )  # fmt: skip
-    real = real_archive(args.data, 1)
-    real_seconds = audio_seconds(real)
+    small, large = (real_archive(args.data, n) for n in args.copies)
+    seconds = [audio_seconds(small), audio_seconds(large)]
     from pipeline.annotations.matching import match_recordings
     from pipeline.detection.scorers import model_scorer
 
@@ -351,14 +351,17 @@ def export_figures(args, bundle, sets) -> None:
         for name, (cube, recordings, _, _) in sets.items()
     }  # fmt: skip
     for precision, export in exports.items():
-        files = sorted(real.rglob("*.wav"))
-        run = run_command([sys.executable, str(export.folder / "runner.py"), *map(str, files), "-o",
-                           str(args.data / f"runner-{precision}.csv"), "--threads", "1"],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        runs = [
+            run_command([sys.executable, str(export.folder / "runner.py"), *map(str, sorted(folder.rglob("*.wav"))),
+                         "-o", str(args.data / f"runner-{precision}.csv"), "--threads", "1"],
+                        env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+            for folder in (small, large)
+        ]
+        marginal = (seconds[1] - seconds[0]) / max(runs[1]["cpu"] - runs[0]["cpu"], 1e-9)
         origin = "the bundle's graphs" if precision == "float" or int8 else "quantized here, calibrated on the simulated archive"
-        print(f"  {precision}: {export.size_bytes / 1e6:.2f} MB of model files ({origin}); runner on the real "
-              f"0166 files: {run['cpu']:.1f} CPU-s for {real_seconds:.0f} s of audio, {real_seconds / run['cpu']:.1f} s "
-              "of audio per CPU-second (start-up included)")  # fmt: skip
+        print(f"  {precision}: {export.size_bytes / 1e6:.2f} MB of model files ({origin}); runner on the real 0166 files, "
+              f"one core: {marginal:.1f} s of audio per CPU-second (marginal), {runs[0]['cpu']:.1f} CPU-s for "
+              f"{seconds[0]:.0f} s of audio (start-up included), peak {runs[1]['driver_mb']:.0f} MB")  # fmt: skip
         for name, (cube, recordings, audio, expansion) in sets.items():
             paths = cube.batml.recordings["path"]
             indices, _ = match_recordings(cube, [r.file for r in recordings])
