@@ -284,6 +284,8 @@ def choose_cluster(source, ingest_settings: Settings | None = None, n_workers: i
         if is_cube(source):
             cube = cube_io.open_cube(source)
             return IN_PROCESS if int(cube.sizes["time"]) <= int(cube.attrs["chunk_columns"]) else "local"
+        if "://" in str(source):  # an fsspec URL: not measured here
+            return "local"
         seconds = _audio_seconds_within(Path(source), limit_s, settings)
     except (OSError, ValueError, KeyError):
         return "local"
@@ -292,11 +294,11 @@ def choose_cluster(source, ingest_settings: Settings | None = None, n_workers: i
 
 def _audio_seconds_within(root: Path, limit_s: float, settings: Settings) -> float | None:
     """Seconds of audio (every channel counted) under a local folder or file, or None when they
-    exceed ``limit_s``, the files :data:`SMALL_INPUT_FILES`, or the input is not local."""
+    exceed ``limit_s`` or the files :data:`SMALL_INPUT_FILES`."""
     from pipeline.io.archive import AUDIO_SUFFIXES
     from pipeline.io.audio import RecordingError, read_info
 
-    if "://" in str(root) or not root.exists():
+    if not root.exists():
         return None
     if root.is_file():
         files = iter([root])
