@@ -43,6 +43,10 @@ def _load_defaults() -> None:
 _load_defaults()
 
 
+#: ``cluster`` value that runs the work in this process: one worker thread, no worker process.
+IN_PROCESS = "in-process"
+
+
 class ClusterError(RuntimeError):
     """A cluster that could not be started or reached; one line for the user."""
 
@@ -114,6 +118,21 @@ def completed_in_turn(client, items, submit):
         raise_if_interrupted()  # one that a library swallowed stops the run at the next task
         yield future.batml_item, future
         submit_next()
+
+
+def _in_process_cluster():
+    """A cluster inside this process: the scheduler and one single-threaded worker, no dashboard.
+
+    For inputs of one task per step, where starting worker processes (each importing the
+    libraries and loading the model) would cost more CPU than the work itself.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, silence_logs=logging.CRITICAL,
+        # no dashboard (nor bokeh's import); the scheduler's small HTTP server on any free port
+        scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+    )  # fmt: skip
 
 
 def _local_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit: str | None):
@@ -303,7 +322,8 @@ def connect(
     An existing ``client`` is used as is (and not closed). ``cluster=None`` (the default of
     every Python call) uses the client this process is already running, if any (a
     ``distributed.Client`` made in a notebook), and otherwise starts a local cluster;
-    ``"local"`` (what the ``batml`` command passes) always starts one. Otherwise the named
+    ``"local"`` (what the ``batml`` command passes) always starts one; ``"in-process"`` runs
+    a scheduler and one single-threaded worker inside this process. Otherwise the named
     cluster is started (and stopped afterwards) or the scheduler address is connected to.
     The dashboard address of a started cluster is printed on standard error unless ``quiet``.
 
@@ -324,6 +344,9 @@ def connect(
         if cluster == "local":
             owned = _local_cluster(n_workers, threads_per_worker, memory_limit)
             new_client = Client(owned)
+        elif cluster == IN_PROCESS:
+            owned = _in_process_cluster()
+            new_client = Client(owned)
         elif cluster == "slurm":
             owned = _slurm_cluster(n_workers)
             new_client = Client(owned)
@@ -334,7 +357,7 @@ def connect(
             owned.close()
         raise ClusterError(f"cannot reach the Dask scheduler at {cluster}: {exc}") from None
     try:
-        if not quiet:
+        if not quiet and cluster != IN_PROCESS:
             print(f"Dask dashboard: {new_client.dashboard_link}", file=sys.stderr)
         if cluster == "slurm":
             _wait_for_slurm_worker(new_client)

@@ -992,7 +992,7 @@ def tune_model(
                         xgboost_csv = str(write_params_csv(tmp / "xgboost.csv", booster, defaults=xgboost_csv))
                     trial = TrainSettings(
                         model_type=settings.model_type, seed=settings.seed, epochs=settings.epochs,
-                        networks_csv=networks_csv, xgboost_csv=xgboost_csv,
+                        networks_csv=networks_csv, xgboost_csv=xgboost_csv, runtime_precision="float",
                     )  # fmt: skip
                     report = train_model(
                         trial_annotations, cube, trial, client=client,

@@ -13,6 +13,20 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "re
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _test_cache() -> str:
+    """A cache folder of this test session for the graphs exported on load (workers inherit it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="batml-test-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+os.environ.setdefault("BATML_CACHE_DIR", _test_cache())
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The folder of real recordings (../shared/data/real); skips when it is absent."""

@@ -22,7 +22,8 @@ from pipeline.detection.recording import detect_recording
 from pipeline.detection.settings import DetectError, DetectSettings
 from pipeline.io.cube import open_cube
 from pipeline.model.bundle import load_bundle
-from pipeline.model.predictor import Predictor
+from pipeline.detection.scorers import model_scorer
+from pipeline.model.inference import runtime_graphs
 from pipeline.outputs.folder import parts_directory
 from pipeline.outputs.parts import read_detections
 
@@ -74,7 +75,10 @@ def test_chunk_borders_change_nothing(detected):
     root, out, _ = detected
     cube = open_cube(out / "cube.zarr")
     bundle = load_bundle(DEFAULT_MODEL)
-    predictor = Predictor.from_bundle(bundle, booster_gate=DetectSettings().booster_gate)
+    settings = DetectSettings()
+    predictor = model_scorer(  # what the workers score with: the runtime, the boosters near the peaks
+        bundle, graphs=runtime_graphs(bundle), booster_gate=settings.booster_gate, booster_margin=settings.booster_margin
+    )
     events = _parts_frame(out)
     recordings = cube.batml.recordings
     n_compared = 0
@@ -157,7 +161,7 @@ def test_dense_reference_scores_every_window_and_fast_path_agrees_on_strong_call
     strong calls on this archive (the benchmark measures the AP difference)."""
     root, out, _ = detected
     dense = detect_archive(
-        out / "cube.zarr", tmp_path / "dense", settings=DetectSettings(scan_stride=1, scan_gamma=0, booster_gate=0),
+        out / "cube.zarr", tmp_path / "dense", settings=DetectSettings(scan_stride=1, scan_gamma=0, booster_gate=0, booster_margin=None),
         client=client, progress=False,
     )  # fmt: skip
     assert dense.complete

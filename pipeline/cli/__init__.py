@@ -22,10 +22,16 @@ from pipeline.cli.options import EXIT_ERROR, EXIT_INTERRUPTED, HelpFormatter
 from pipeline.interrupt import interruptible
 
 #: The subcommands, in the order ``batml --help`` lists them.
-COMMANDS = ("simulate", "manifest", "convert", "ingest", "train", "tune", "detect", "evaluate", "plot")
+COMMANDS = ("simulate", "manifest", "convert", "ingest", "train", "tune", "detect", "evaluate", "plot", "export")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:
+    """The ``batml`` parser with the subcommands ``commands`` (default: all of them).
+
+    :func:`main` registers only the command it runs, when the command line names one: some
+    commands' options import heavy modules (the simulator's settings import scipy.signal), and
+    ``batml detect`` on a few files should not pay for them.
+    """
     parser = argparse.ArgumentParser(
         prog="batml",
         description="Detect bat echolocation calls and classify their species in ultrasonic recordings, "
@@ -49,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         return _add_parser(formatter_class=HelpFormatter, **kwargs)
 
     sub.add_parser = add_parser
-    for name in COMMANDS:
+    for name in commands:
         importlib.import_module(f"pipeline.cli.{name}").register(sub, common)
     return parser
 
@@ -63,15 +69,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.io.archive import ArchiveError
     from pipeline.io.cube import CubeError
     from pipeline.model.bundle import BundleError
+    from pipeline.model.device import ExportError
     from pipeline.model.params import ParamsError
     from pipeline.model.reference import ReferenceModelError
+    from pipeline.model.runtime import RuntimeModelError
     from pipeline.outputs.folder import DetectionsError
     from pipeline.simulation.settings import SimulationError
     from pipeline.training import TrainingError
 
     return (
         SettingsError, DetectError, ClusterError, ArchiveError, CubeError, AnnotationError, BundleError, ParamsError,
-        TrainingError, DetectionsError, SimulationError, ReferenceModelError, FileNotFoundError, PermissionError, *_plot_errors(),
+        TrainingError, DetectionsError, SimulationError, ReferenceModelError, ExportError, RuntimeModelError, FileNotFoundError, PermissionError, *_plot_errors(),
     )  # fmt: skip
 
 
@@ -88,8 +96,11 @@ def _output_of(args) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from pipeline import logs
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    named = [a for a in arguments if a in COMMANDS][:1]
+    before = arguments[: arguments.index(named[0])] if named else []
+    parser = build_parser(tuple(named) if named and not {"-h", "--help"} & set(before) else COMMANDS)
+    args = parser.parse_args(arguments)
     debug = args.debug or logs.debug_enabled()
     log_file = logs.configure(debug=debug, log_file=logs.debug_log_path(_output_of(args)) if debug else None)
     if log_file is not None:

@@ -19,15 +19,28 @@ def settings_of(args):
     return type(settings)(spectrogram=settings.spectrogram, ingest=ingest)
 
 
-def add_cluster_options(p: argparse.ArgumentParser) -> None:
+def add_cluster_options(p: argparse.ArgumentParser, *, auto: bool = False) -> None:
+    """``--cluster`` (and its friends); with ``auto``, the command's default is ``auto``: this
+    process for a small input, else a local cluster (``batml detect``)."""
     g = p.add_argument_group("cluster")
-    g.add_argument(
-        "--cluster",
-        default="local",
-        metavar="local|slurm|ADDRESS",
-        help="where to run: a local Dask cluster (default), SLURM jobs (dask-jobqueue), "
-        "or the address of a running scheduler (tcp://host:8786)",
-    )
+    if auto:
+        g.add_argument(
+            "--cluster",
+            default="auto",
+            metavar="auto|in-process|local|slurm|ADDRESS",
+            help="where to run: auto (default: in this process for an input of at most one cube chunk, about "
+            "76 s of audio, as worker processes would cost more to start than they save; else a local Dask "
+            "cluster), in-process, local, SLURM jobs (dask-jobqueue), or the address of a running scheduler "
+            "(tcp://host:8786)",
+        )  # fmt: skip
+    else:
+        g.add_argument(
+            "--cluster",
+            default="local",
+            metavar="local|slurm|ADDRESS",
+            help="where to run: a local Dask cluster (default), SLURM jobs (dask-jobqueue), "
+            "or the address of a running scheduler (tcp://host:8786)",
+        )
     g.add_argument("--workers", type=int, metavar="N", help="workers to start (default: one per CPU core)")
 
     class LoadClusterConfig(argparse.Action):

@@ -23,6 +23,7 @@ def run(args) -> int:
         xgboost_csv=args.xgboost_params,
         parent=None if args.parent is None else str(args.parent),
         licence=args.licence,
+        runtime_precision=args.runtime_precision,
     )
     report = train(
         args.dataset,
@@ -77,6 +78,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "4.0'): kept in the bundle's manifest with the parent's, and shown where the model is used",
     )  # fmt: skip
     p.add_argument("--cube", type=Path, metavar="CUBE.zarr", help="spectrogram cube to reuse (default: MODEL_DIR.cube.zarr)")
+    p.add_argument(
+        "--runtime-precision", choices=("auto", "float"), default="auto",
+        help="the network's precision for batml detect (ONNX graphs in the bundle): auto (default) keeps int8 when "
+        "it detects the validation recordings within 0.005 of float's detection AP; float skips that check",
+    )  # fmt: skip
     add_audio_options(p)
     add_cluster_options(p)
     p.set_defaults(func=run)

@@ -52,6 +52,13 @@ from pipeline.outputs.report import calls_per_class, report_text, write_report
 #: The run's journal folder inside OUT_DIR.
 JOURNAL = "_journal"
 
+#: ``cluster`` value (``batml detect``'s default) that runs small inputs in this process and the
+#: others on a local cluster (:func:`choose_cluster`).
+AUTO_CLUSTER = "auto"
+
+#: Files whose headers :func:`choose_cluster` reads at most before deciding on a cluster.
+SMALL_INPUT_FILES = 200
+
 
 @dataclass
 class DetectReport:
@@ -73,6 +80,7 @@ class DetectReport:
     calls_per_class: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    cluster: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,6 +109,7 @@ class DetectReport:
             "calls_per_class": self.calls_per_class,
             "outputs": self.outputs,
             "timings": self.timings,
+            **({"cluster": self.cluster} if self.cluster else {}),
         }
 
     def summary(self) -> str:
@@ -116,31 +125,40 @@ PLUGIN_NAME = "batml-model"
 class ModelPlugin(WorkerPlugin):
     """A Dask worker plugin that loads the model once per worker process.
 
-    Only the bundle's path travels to the workers; each loads and checks it in ``setup``
-    (Keras safe mode, checksums), with TensorFlow's thread pools sized to the worker's
-    threads. Tasks find the predictor with :func:`worker_model`.
+    Only the bundle's path, the detection's settings and the description of the network's ONNX
+    graphs (:class:`pipeline.model.inference.RuntimeGraphs`: paths and checksums) travel to the
+    workers; each loads and checks the bundle in ``setup`` and builds its scorer
+    (:func:`pipeline.detection.scorers.model_scorer`): the network on ONNX Runtime with one
+    thread per worker thread, without importing TensorFlow, or, for models without graphs (and
+    ``engine="keras"``), in Keras with TensorFlow's thread pools sized to the worker's threads.
+    Tasks find the scorer with :func:`worker_model`.
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, model_path: str, expect_fingerprint: str, booster_gate: float):
+    def __init__(self, model_path: str, expect_fingerprint: str, settings: DetectSettings, graphs=None):
         self.model_path = str(model_path)
         self.expect_fingerprint = expect_fingerprint
-        self.booster_gate = float(booster_gate)
+        self.settings = settings
+        self.graphs = graphs
         self.bundle = None
-        self.predictor = None
+        self.scorer = None
 
     def setup(self, worker=None):
+        from pipeline.detection.scorers import model_scorer
         from pipeline.model.bundle import load_bundle
-        from pipeline.model.predictor import Predictor
 
         threads = getattr(getattr(worker, "state", None), "nthreads", None) or 1
-        _set_tensorflow_threads(threads)
+        if self.graphs is None or self.settings.engine == "keras":
+            _set_tensorflow_threads(threads)
         self.bundle = load_bundle(self.model_path, expect_fingerprint=self.expect_fingerprint)
-        self.predictor = Predictor.from_bundle(self.bundle, booster_gate=self.booster_gate)
+        self.scorer = model_scorer(
+            self.bundle, graphs=self.graphs, booster_gate=self.settings.booster_gate,
+            booster_margin=self.settings.booster_margin, engine=self.settings.engine, threads=threads,
+        )  # fmt: skip
 
     def teardown(self, worker=None):
-        self.bundle = self.predictor = None
+        self.bundle = self.scorer = None
 
 
 def _set_tensorflow_threads(threads: int) -> None:
@@ -219,7 +237,7 @@ def detect_chunk(
     model = worker_model()
     spectrogram, offset = _cube_arrays(cube_path)
     classes = model.bundle.classes
-    halo = default_halo_columns(scan=scan)
+    halo = default_halo_columns(scan=scan, extra=getattr(model.scorer, "extra_reach", 0))
     tables = []
     if pieces:
         # One read of the chunk and its halo serves every recording in it.
@@ -233,7 +251,7 @@ def detect_chunk(
         b = min(p.stop + halo + WINDOW_COLUMNS - 1, p.n_columns)
         columns = slice(p.cube_start + a - lo, p.cube_start + b - lo)
         events = detect_block(
-            model.predictor, block[columns], a, p.n_columns, times[columns], (p.first, p.stop), classes, thresholds,
+            model.scorer, block[columns], a, p.n_columns, times[columns], (p.first, p.stop), classes, thresholds,
             scan=scan, halo_columns=halo, calibration=model.bundle.calibration,
         )  # fmt: skip
         tables.append(events_table(p.path, p.channel, events, classes))
@@ -243,6 +261,68 @@ def detect_chunk(
 
 
 # --- the driver --------------------------------------------------------------------------------
+
+
+def choose_cluster(source, ingest_settings: Settings | None = None, n_workers: int | None = None) -> str:
+    """Where ``cluster="auto"`` runs a detection: ``"in-process"`` for an input of at most one
+    cube chunk (about 76 s of audio), else ``"local"``.
+
+    One chunk is one Dask task for ingest and for detection, so worker processes would only add
+    their start-up (importing the libraries, loading the model: a few CPU-seconds each) to a
+    job that one thread does as fast. The audio is measured from the headers of at most
+    :data:`SMALL_INPUT_FILES` local files, stopping as soon as it exceeds one chunk; an fsspec
+    URL, an unreadable input or ``n_workers`` asked for gives ``"local"``.
+    """
+    from pipeline.distributed import IN_PROCESS
+
+    if n_workers:
+        return "local"
+    settings = ingest_settings or Settings()
+    spec = settings.spectrogram
+    limit_s = settings.ingest.chunk_columns * spec.zoom * spec.window_s * (1.0 - spec.overlap)
+    try:
+        if is_cube(source):
+            cube = cube_io.open_cube(source)
+            return IN_PROCESS if int(cube.sizes["time"]) <= int(cube.attrs["chunk_columns"]) else "local"
+        if "://" in str(source):  # an fsspec URL: not measured here
+            return "local"
+        seconds = _audio_seconds_within(Path(source), limit_s, settings)
+    except (OSError, ValueError, KeyError):
+        return "local"
+    return IN_PROCESS if seconds is not None else "local"
+
+
+def _audio_seconds_within(root: Path, limit_s: float, settings: Settings) -> float | None:
+    """Seconds of audio (every channel counted) under a local folder or file, or None when they
+    exceed ``limit_s`` or the files :data:`SMALL_INPUT_FILES`."""
+    from pipeline.io.archive import AUDIO_SUFFIXES
+    from pipeline.io.audio import RecordingError, read_info
+
+    if not root.exists():
+        return None
+    if root.is_file():
+        files = iter([root])
+    else:
+        files = (
+            Path(folder) / name
+            for folder, dirs, names in os.walk(root)
+            for name in sorted(names)
+            if not name.startswith(".") and name.lower().endswith(AUDIO_SUFFIXES)
+            and not any(part.startswith(".") for part in Path(folder).relative_to(root).parts)
+        )  # fmt: skip
+    total = 0.0
+    channels = settings.ingest.channels
+    for count, path in enumerate(files):
+        if count >= SMALL_INPUT_FILES:
+            return None
+        try:
+            info = read_info(path, time_expansion=settings.ingest.time_expansion)
+        except RecordingError:
+            continue  # rejected by ingest too: no columns
+        total += info.duration * (info.channels if channels == "each" else 1)
+        if total > limit_s:
+            return None
+    return total
 
 
 def model_identity(model_path: Path) -> str:
@@ -318,7 +398,9 @@ def detect_archive(
     settings : thresholds, fast path and formats (:class:`DetectSettings`)
     ingest_settings : channel policy and time expansion for building the cube; its
         spectrogram settings are replaced by the model's
-    cluster, client, n_workers : where to run (see :func:`pipeline.distributed.connect`)
+    cluster, client, n_workers : where to run (see :func:`pipeline.distributed.connect`);
+        ``cluster="auto"`` (``batml detect``'s default): in this process for an input of at most
+        one cube chunk, else a local cluster (:func:`choose_cluster`)
     progress : show progress bars and the dashboard address
 
     Returns
@@ -327,6 +409,7 @@ def detect_archive(
     """
     from pipeline.ingestion import ingest
     from pipeline.model.bundle import load_bundle
+    from pipeline.model.inference import runtime_graphs
 
     settings = settings or DetectSettings()
     out = Path(out)
@@ -335,6 +418,7 @@ def detect_archive(
     report = DetectReport(out=out)
     bundle = load_bundle(model_path)
     thresholds = resolve_thresholds(bundle, settings.thresholds)
+    graphs = runtime_graphs(bundle, settings.precision) if settings.engine == "onnxruntime" else None
     report.model = {
         "path": str(model_path),
         "architecture": bundle.architecture,
@@ -342,7 +426,11 @@ def detect_archive(
         "classes": list(bundle.classes),
         "thresholds": thresholds,
         **({"licence": bundle.licence} if bundle.licence else {}),
+        "runtime": graphs.describe() if graphs is not None else {"engine": "keras"},
     }
+    if client is None and cluster == AUTO_CLUSTER:
+        cluster = choose_cluster(source, ingest_settings, n_workers)
+    report.cluster = cluster if client is None else "the running client"
     with connect(cluster, client=client, n_workers=n_workers, quiet=not progress) as client:
         if is_cube(source):
             cube_path = Path(source)
@@ -389,7 +477,7 @@ def detect_archive(
         t1 = time.perf_counter()
         if todo:
             client.register_plugin(
-                ModelPlugin(str(model_path.resolve()), bundle.fingerprint, settings.booster_gate), name=PLUGIN_NAME
+                ModelPlugin(str(model_path.resolve()), bundle.fingerprint, settings, graphs), name=PLUGIN_NAME
             )
             report.errors = _run_chunks(
                 client, str(cube_path.resolve()), str(out.resolve()), recordings, usable, chunk_columns, n_time, todo,

@@ -54,7 +54,9 @@ def detect_recording(
     Parameters
     ----------
     predict : callable
-        As :func:`column_probabilities`, with ``len(classes) + 1`` outputs.
+        As :func:`column_probabilities`, with ``len(classes) + 1`` outputs; or a scorer of
+        blocks of columns (:class:`pipeline.detection.scorers.WindowScorer`: its
+        ``score_columns`` is used instead, and its ``extra_reach`` widens the halos).
     spectrogram : array, shape (n_columns, rows)
         The recording's model-ready spectrogram.
     times : array, shape (n_columns,)
@@ -71,9 +73,13 @@ def detect_recording(
     pandas.DataFrame
         The events of :func:`find_detections`. A recording shorter than one window has none.
     """
-    probs = column_probabilities(
-        predict, spectrogram, width=width, batch_size=batch_size, n_outputs=len(classes) + 1, scan=scan
-    )
+    if hasattr(predict, "score_columns"):
+        n = len(spectrogram)
+        probs = predict.score_columns(np.asarray(spectrogram, dtype=np.float32), 0, n, n, scan)
+    else:
+        probs = column_probabilities(
+            predict, spectrogram, width=width, batch_size=batch_size, n_outputs=len(classes) + 1, scan=scan
+        )
     return find_detections(
         smooth_probabilities(probs, sigma_columns),
         times,
@@ -84,15 +90,16 @@ def detect_recording(
     )
 
 
-def minimum_halo_columns(radius_columns: int, sigma_columns: float, scan: Scan | None = None) -> int:
+def minimum_halo_columns(radius_columns: int, sigma_columns: float, scan: Scan | None = None, extra: int = 0) -> int:
     """The fewest columns of context on each side of a block for exact block-wise detection.
 
     A peak's test reads the smoothed probabilities ``radius_columns`` away, each of which
     reads the raw ones :func:`smoothing_reach` further; the raw probability of a column
     depends on its window alone (dense), or on the coarse windows within ``scan.reach``
-    columns (coarse to fine).
+    columns (coarse to fine), and on the scorer's ``extra`` columns beyond (a hybrid's boosters
+    near the head's peaks: :attr:`pipeline.detection.scorers.WindowScorer.extra_reach`).
     """
-    return int(radius_columns) + smoothing_reach(sigma_columns) + (scan.reach if scan else 0)
+    return int(radius_columns) + smoothing_reach(sigma_columns) + (scan.reach if scan else 0) + int(extra)
 
 
 def default_halo_columns(
@@ -100,10 +107,11 @@ def default_halo_columns(
     sigma_columns: float = SMOOTHING_SIGMA_COLUMNS,
     width: int = WINDOW_COLUMNS,
     scan: Scan | None = None,
+    extra: int = 0,
 ) -> int:
     """A halo comfortably above :func:`minimum_halo_columns`: one window more."""
     reach = scan.reach if scan else 0
-    return int(radius_columns) + math.ceil(SMOOTHING_TRUNCATE * max(sigma_columns, 0.0)) + int(width) + reach
+    return int(radius_columns) + math.ceil(SMOOTHING_TRUNCATE * max(sigma_columns, 0.0)) + int(width) + reach + int(extra)
 
 
 def detect_block(
@@ -153,13 +161,14 @@ def detect_block(
         ``owned``: exactly those that detecting on the whole recording finds there.
     """
     start, stop = int(owned[0]), int(owned[1])
-    minimum = minimum_halo_columns(radius_columns, sigma_columns, scan)
-    halo = default_halo_columns(radius_columns, sigma_columns, width, scan) if halo_columns is None else int(halo_columns)
+    extra = int(getattr(predict, "extra_reach", 0))
+    minimum = minimum_halo_columns(radius_columns, sigma_columns, scan, extra)
+    halo = default_halo_columns(radius_columns, sigma_columns, width, scan, extra) if halo_columns is None else int(halo_columns)
     if halo < minimum:
         raise ValueError(
             f"halo_columns={halo} is too small for exact block borders: at least {minimum} "
             f"(radius {radius_columns} + smoothing reach {smoothing_reach(sigma_columns)}"
-            f"{f' + scan reach {scan.reach}' if scan else ''})"
+            f"{f' + scan reach {scan.reach}' if scan else ''}{f' + boosters reach {extra}' if extra else ''})"
         )
     lo, hi = max(start - halo, 0), min(stop + halo, n_columns)
     need = min(hi + width - 1, n_columns)
@@ -169,7 +178,10 @@ def detect_block(
             f"columns {lo}..{need} are needed for {start}..{stop}"
         )
     block = np.asarray(spectrogram[lo - first_column : need - first_column])
-    probs = scored_columns(predict, block, lo, hi, n_columns, width, int(batch_size), len(classes) + 1, scan)
+    if hasattr(predict, "score_columns"):
+        probs = predict.score_columns(np.asarray(block, dtype=np.float32), lo, hi, n_columns, scan)
+    else:
+        probs = scored_columns(predict, block, lo, hi, n_columns, width, int(batch_size), len(classes) + 1, scan)
     events = find_detections(
         smooth_probabilities(probs, sigma_columns),
         np.asarray(times[lo - first_column : hi - first_column], dtype=np.float64),
@@ -247,7 +259,8 @@ def detect_columns(
         raise ValueError(f"block_columns={block_columns} must be at least 1")
     if len(times) != n_columns:
         raise ValueError(f"{len(times)} times given for {n_columns} columns")
-    halo = default_halo_columns(radius_columns, sigma_columns, width, scan) if halo_columns is None else int(halo_columns)
+    extra = int(getattr(predict, "extra_reach", 0))
+    halo = default_halo_columns(radius_columns, sigma_columns, width, scan, extra) if halo_columns is None else int(halo_columns)
     classes = [str(name) for name in classes]
     blocks = []
     for start in range(0, n_columns, block_columns):

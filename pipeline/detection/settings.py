@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.detection.scorers import ENGINES
 from pipeline.detection.scoring import Scan
+
+#: Precisions of the network on the runtime: the bundle's own choice (``auto``), or one of them.
+PRECISIONS = ("auto", "float", "int8")
 
 #: Outputs ``--format`` can ask for; the Parquet parts are always written (they are the journal).
 FORMATS = ("parquet", "csv", "raven")
@@ -30,8 +34,19 @@ class DetectSettings:
         The coarse-to-fine scan of the windows (:class:`pipeline.detection.scoring.Scan`); stride 1 scores
         every window (the dense reference).
     booster_gate : float
-        Hybrids: the boosters score only windows whose network head gives at least this
-        call score (:class:`pipeline.model.predictor.Predictor`); 0 runs them everywhere.
+        Hybrids: the boosters score only the windows whose network head gives at least this call
+        score (0: every scored window), or, with ``booster_margin``, only near the peaks of that
+        call score that reach it (:mod:`pipeline.detection.scorers`).
+    booster_margin : int or None
+        Hybrids: when set, the boosters run only within this many columns of such a peak (fewer
+        windows on dense passes, but not within 0.005 of dense float's AP on real sets: off by
+        default).
+    precision : {"auto", "float", "int8"}
+        The network's precision on the runtime: the bundle's own (``auto``: int8 when training
+        found that it keeps the detection AP), or forced (:func:`pipeline.model.inference.runtime_graphs`).
+    engine : {"onnxruntime", "keras"}
+        Where the network of a one-stage CNN model runs: ONNX Runtime (no TensorFlow in the
+        workers), or Keras (the same scan, for comparisons). Other models always run in Keras.
     formats : tuple of str
         Derived outputs to write besides the Parquet table: ``"csv"``, ``"raven"``.
     raven_per_recording : bool
@@ -42,6 +57,9 @@ class DetectSettings:
     scan_stride: int = 4
     scan_gamma: float = 0.02
     booster_gate: float = 0.01
+    booster_margin: int | None = None
+    precision: str = "auto"
+    engine: str = "onnxruntime"
     formats: tuple[str, ...] = FORMATS
     raven_per_recording: bool = True
 
@@ -51,6 +69,12 @@ class DetectSettings:
             raise DetectError(f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
         if not 0.0 <= float(self.booster_gate) <= 1.0:
             raise DetectError(f"booster_gate={self.booster_gate} must lie in [0, 1]")
+        if self.booster_margin is not None and int(self.booster_margin) < 0:
+            raise DetectError(f"booster_margin={self.booster_margin} must be at least 0 (or None: gate every window)")
+        if self.precision not in PRECISIONS:
+            raise DetectError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.engine not in ENGINES:
+            raise DetectError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         try:
             self.scan
         except ValueError as exc:
@@ -66,6 +90,9 @@ class DetectSettings:
             "scan_stride": int(self.scan_stride),
             "scan_gamma": float(self.scan_gamma),
             "booster_gate": float(self.booster_gate),
+            "booster_margin": None if self.booster_margin is None else int(self.booster_margin),
+            "precision": self.precision,
+            "engine": self.engine,
         }
 
 

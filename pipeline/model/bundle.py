@@ -8,6 +8,7 @@ and everything else is in ``manifest.json``::
       manifest.json          # what the model is, how it was made, and the sha256 of every file
       networks/<row>.keras   # one per Keras network, named after its networks.csv row
       boosters/<name>.ubj    # XGBoost boosters (hybrid models only)
+      runtime/<row>.<variant>.onnx   # the networks as ONNX graphs, run without TensorFlow
 
 The manifest holds the format version, the architecture's name, the class names, the
 thresholds (``"detection"`` and one per class), the detection score's calibration when the
@@ -15,9 +16,16 @@ model has one (``"calibration"``: the breakpoints of a monotone map, plain numbe
 :mod:`pipeline.detection.calibration`), the spectrogram settings with their
 fingerprint, the training summary, the metrics, the hyperparameters by row, the versions of
 batml and of its libraries, the creation time (UTC) and, under ``"files"``, each file's sha256
-and role (``"network:<row>"`` or ``"booster:<name>"``). A model made from weights published
-elsewhere also records their ``"source"``, and a model with restricted terms of use its
-``"licence"``.
+and role (``"network:<row>"``, ``"booster:<name>"`` or ``"graph:<row>.<variant>"``). A model made
+from weights published elsewhere also records their ``"source"``, and a model with restricted
+terms of use its ``"licence"``.
+
+**Runtime graphs** (format 2): :func:`save_bundle` also writes each network that
+:func:`pipeline.model.export.export_refusal` accepts as ONNX graphs (``windows``, and for a
+valid-time network ``strip<k>`` per stride), which detection runs with ONNX Runtime, without
+TensorFlow; the manifest's ``"runtime"`` says their precision (``float``, or ``int8`` when
+training measured that it keeps the detection AP, :mod:`pipeline.model.precision`). A bundle
+of format 1 has none: :mod:`pipeline.model.inference` exports them when it is loaded.
 
 :func:`save_bundle` builds a bundle next to its destination and renames it into place, so an
 interrupted save leaves the previous model (or nothing new) behind, never half a model.
@@ -54,7 +62,7 @@ if TYPE_CHECKING:
     import xgboost
 
 #: Written into every manifest; :func:`load_bundle` refuses bundles of a newer format.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: The manifest's ``"format"`` value, telling a bundle's manifest from any other JSON file.
 FORMAT_NAME = "batml-model-bundle"
@@ -71,6 +79,10 @@ DETECTION = "detection"
 #: Sub-folders holding the model files, each checked for unlisted files on loading.
 NETWORKS_DIR = "networks"
 BOOSTERS_DIR = "boosters"
+RUNTIME_DIR = "runtime"
+
+#: Precisions of a bundle's runtime graphs.
+RUNTIME_PRECISIONS = ("float", "int8")
 
 #: Libraries whose versions are recorded in the manifest (distribution names to try, in order).
 LIBRARIES = {
@@ -78,6 +90,8 @@ LIBRARIES = {
     "keras": ("keras",),
     "xgboost": ("xgboost", "xgboost-cpu"),
     "numpy": ("numpy",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime",),
 }
 
 
@@ -199,6 +213,19 @@ class ModelBundle:
                 self._boosters = self._load_boosters()
             return dict(self._boosters)
 
+    @property
+    def runtime(self) -> dict:
+        """The manifest's ``"runtime"`` section (empty for a bundle without runtime graphs):
+        ``precision`` (``"float"`` or ``"int8"``), ``opset``, and how int8 was chosen."""
+        return dict(self.manifest.get("runtime") or {})
+
+    def graph_files(self) -> dict[str, tuple[Path, str]]:
+        """The runtime graphs: ``"<row>.<variant>"`` -> (path, sha256), checked on loading."""
+        return {
+            name: (self.path / rel, self.manifest["files"][rel]["sha256"])
+            for name, rel in self._files_with_role("graph").items()
+        }
+
     def _files_with_role(self, kind: str) -> dict[str, str]:
         """Names of the listed files of one kind (``"network"``, ``"booster"``) to their paths."""
         found = {}
@@ -268,6 +295,8 @@ def save_bundle(
     source: Mapping[str, Any] | None = None,
     licence: str | None = None,
     calibration: ScoreCalibration | None = None,
+    graphs: Mapping[str, Mapping[str, Any]] | None = None,
+    runtime: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save a trained model as a bundle directory, replacing any bundle at ``path`` atomically.
 
@@ -310,6 +339,14 @@ def save_bundle(
     calibration : ScoreCalibration, optional
         The detection score's calibration (the manifest's ``"calibration"``); none (or the
         identity): the raw call score is reported, and ``thresholds["detection"]`` is on it.
+    graphs : Mapping of str to Mapping, optional
+        The runtime graphs by network row, ``{row: {variant: onnx.ModelProto}}``
+        (:func:`pipeline.model.export.runtime_graphs`, or their int8 versions). Default: the
+        float graphs of every network the export accepts (none for the others, which then run
+        in Keras).
+    runtime : Mapping, optional
+        The manifest's ``"runtime"`` section beyond the defaults (``precision``: ``"float"``;
+        how it was chosen, e.g. the AP of each precision).
 
     Returns
     -------
@@ -354,12 +391,21 @@ def save_bundle(
         "library_versions": _library_versions(),
         "created": _utc_now(),
     }
+    graphs = _runtime_graphs(path, arch, networks, graphs)
+    if graphs:
+        from pipeline.model.export import OPSET
+
+        runtime = {"format": "onnx", "opset": OPSET, "precision": "float", **dict(runtime or {})}
+        if runtime["precision"] not in RUNTIME_PRECISIONS:
+            raise BundleError(path, f"runtime precision {runtime['precision']!r} is not one of {RUNTIME_PRECISIONS}")
+        manifest["runtime"] = _json_ready(path, "runtime", runtime)
     _refuse_foreign_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with staging_directory(path, before_replace=raise_if_interrupted) as staging:
             # raise_if_interrupted: an interruption that Keras swallowed while saving leaves no bundle
             manifest["files"] = _write_models(path, staging, networks, boosters)
+            manifest["files"].update(_write_graphs(staging, graphs))
             write_json(staging / MANIFEST_NAME, manifest)
     except OSError as exc:
         raise BundleError(path, f"cannot save the bundle: {_first_line(exc)}") from exc
@@ -555,6 +601,10 @@ def _check_files(path: Path, arch: Architecture, manifest: dict) -> None:
         if expected != name:
             reason = f"{MANIFEST_NAME} lists {name!r} with an invalid role {entry['role']!r}"
             raise BundleError(path, reason)
+        if kind == "graph":
+            if role_name.partition(".")[0] not in arch.network_rows:
+                raise BundleError(path, f"{MANIFEST_NAME} lists graph {name!r} of no network of {arch.name}")
+            continue
         (rows if kind == "network" else booster_names).append(role_name)
     if sorted(rows) != sorted(arch.network_rows):
         raise BundleError(
@@ -577,7 +627,7 @@ def _check_files(path: Path, arch: Architecture, manifest: dict) -> None:
         if digest != entry.get("sha256"):
             raise BundleError(path, f"tampered or corrupted: {name}")
     unlisted = []
-    for folder in (NETWORKS_DIR, BOOSTERS_DIR):
+    for folder in (NETWORKS_DIR, BOOSTERS_DIR, RUNTIME_DIR):
         for entry in sorted((path / folder).rglob("*")):
             name = entry.relative_to(path).as_posix()
             if name not in files and not entry.is_dir():
@@ -672,6 +722,8 @@ def _model_file(kind: str, name: str) -> str | None:
         return f"{NETWORKS_DIR}/{name}.keras"
     if kind == "booster":
         return f"{BOOSTERS_DIR}/{name}.ubj"
+    if kind == "graph":
+        return f"{RUNTIME_DIR}/{name}.onnx"
     return None
 
 
@@ -693,6 +745,44 @@ def _write_models(path: Path, staging: Path, networks: Mapping, boosters: Mappin
         name = _model_file("booster", booster_name)
         booster.save_model(str(staging / name))
         files[name] = {"sha256": _sha256(staging / name), "role": f"booster:{booster_name}"}
+    return files
+
+
+def _runtime_graphs(path: Path, arch: Architecture, networks: Mapping, graphs: Mapping | None) -> dict:
+    """``{"<row>.<variant>": graph}``: the graphs given, or the float graphs of every network the
+    ONNX export accepts."""
+    if graphs is None:
+        from pipeline.model.export import runtime_graphs
+
+        graphs = {}
+        for row, network in networks.items():
+            try:
+                graphs[row] = runtime_graphs(network)
+            except ValueError:  # not a CNN the export rebuilds: detection runs it in Keras
+                continue
+    named = {}
+    for row, variants in graphs.items():
+        if row not in arch.network_rows:
+            raise BundleError(path, f"graphs given for {row!r}, which is not a network of {arch.name}")
+        for variant, graph in variants.items():
+            name = f"{row}.{variant}"
+            if not _safe_name(name):
+                raise BundleError(path, f"graph name {name!r} cannot be a file name")
+            named[name] = graph
+    return named
+
+
+def _write_graphs(staging: Path, graphs: Mapping) -> dict:
+    """Save the runtime graphs under ``staging``; their manifest ``"files"`` entries."""
+    import onnx
+
+    files = {}
+    if graphs:
+        (staging / RUNTIME_DIR).mkdir()
+    for graph_name, graph in graphs.items():
+        name = _model_file("graph", graph_name)
+        onnx.save(graph, str(staging / name))
+        files[name] = {"sha256": _sha256(staging / name), "role": f"graph:{graph_name}"}
     return files
 
 

@@ -19,6 +19,9 @@ renamed (:func:`write_model`). This module needs the network object, not TensorF
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -241,7 +244,84 @@ def strip_graph(network, stride: int = 1):
     )
 
 
-def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: bool = True):
+#: Layer classes of :func:`pipeline.model.cnn.build_cnn` networks, the ones the graphs reproduce.
+EXPORTABLE_LAYERS = ("InputLayer", "ZeroPadding2D", "Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense")
+
+
+def export_refusal(network) -> str | None:
+    """Why a network cannot be exported to the graphs of this module (None: it can).
+
+    The graphs rebuild the CNNs of :func:`pipeline.model.cnn.build_cnn` layer by layer, so any
+    other layer (the reference system's frequency flip, a ResNet's batch normalisation...) or a
+    convolution whose activation is not ReLU would be silently dropped: such networks are
+    refused, and detection runs them in Keras.
+    """
+    if not hasattr(network, "layers") or not hasattr(network, "get_layer"):
+        return f"{type(network).__name__} is not a Keras network"
+    other = sorted({type(layer).__name__ for layer in network.layers} - set(EXPORTABLE_LAYERS))
+    if other:
+        return f"{network.name} has layers the ONNX export does not rebuild ({', '.join(other)})"
+    for layer in network.layers:
+        if type(layer).__name__ == "Conv2D" and layer.get_config().get("activation") != "relu":
+            return f"{network.name}: {layer.name} is not followed by a ReLU"
+    try:
+        network_geometry(network)
+        network.get_layer("embedding")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+#: The name of a runtime graph in a bundle: ``windows`` (:func:`window_graph`) or ``strip<k>``
+#: (:func:`strip_graph` at stride ``k``).
+WINDOW_VARIANT = "windows"
+
+
+def strip_variant(stride: int) -> str:
+    """The variant name of the strip graph of a stride (``strip1``, ``strip4``...)."""
+    return f"strip{int(stride)}"
+
+
+def runtime_graphs(network) -> dict:
+    """Every float graph detection can use for a network: ``{variant: onnx.ModelProto}``.
+
+    ``windows`` for any exportable CNN; for a valid-time one also ``strip<k>`` for each stride
+    of :func:`strip_strides` (the coarse grid of the scan, and stride 1 for its refinement).
+
+    Raises
+    ------
+    ValueError
+        When the network cannot be exported (:func:`export_refusal`).
+    """
+    refusal = export_refusal(network)
+    if refusal:
+        raise ValueError(refusal)
+    graphs = {WINDOW_VARIANT: window_graph(network)}
+    if network_geometry(network).valid_time:
+        for stride in strip_strides(network):
+            graphs[strip_variant(stride)] = strip_graph(network, stride)
+    return graphs
+
+
+def _layer_nodes(model, output: str) -> list[str]:
+    """The nodes computing a graph output from the last Gemm or Conv before it (that layer, its
+    reshapes and its activation)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names, node = [], producers[output]
+    while True:
+        names.append(node.name)
+        if node.op_type in ("Gemm", "Conv", "MatMul") or node.input[0] not in producers:
+            return names
+        node = producers[node.input[0]]
+
+
+def quantized_int8(
+    model,
+    calibration: Iterable[np.ndarray],
+    *,
+    per_channel: bool = True,
+    float_embedding: bool = False,
+):
     """An ONNX graph with int8 weights and activations (static quantization, QDQ format).
 
     Parameters
@@ -266,7 +346,10 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
         the probabilities stay continuous: quantized to 1/255 steps, equal neighbours merge the
         low peaks of the call score and the events change (a 0.026 AP loss on a small model,
         against 0.003 with a float head, ``benchmarks/inference_speed.py``). The
-        ``probabilities`` and ``embedding`` outputs are float32.
+        ``probabilities`` and ``embedding`` outputs are float32. With ``float_embedding`` the
+        layer computing the embedding stays float too (only the convolutions are int8): a
+        hybrid's boosters split on embedding values, and int8 steps there move their trees'
+        decisions (``pipeline.training.precision`` tries both).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -278,9 +361,9 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
     )
 
     input_name = model.graph.input[0].name
-    producers = {output: node for node in model.graph.node for output in node.output}
-    activation = producers[PROBABILITIES]
-    head = [activation.name, producers[activation.input[0]].name]  # the output layer stays float
+    head = _layer_nodes(model, PROBABILITIES)  # the output layer stays float
+    if float_embedding:
+        head += _layer_nodes(model, EMBEDDING)
 
     class _Reader(CalibrationDataReader):
         def __init__(self, arrays):
@@ -290,7 +373,9 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
             array = next(self._arrays, None)
             return None if array is None else {input_name: np.asarray(array, np.float32)}
 
-    with tempfile.TemporaryDirectory(prefix="batml-quantize-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="batml-quantize-") as tmp, _quiet_quantizer(), contextlib.redirect_stdout(
+        io.StringIO()  # the calibrator prints its tensors and bins
+    ):
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, source)
         quantize_static(
@@ -301,6 +386,23 @@ def quantized_int8(model, calibration: Iterable[np.ndarray], *, per_channel: boo
         quantized = onnx.load(target)
     onnx.helper.set_model_props(quantized, {prop.key: prop.value for prop in model.metadata_props})
     return quantized
+
+
+class _QuantizerAdvice(logging.Filter):
+    """Drops ONNX Runtime's quantizer advice ("consider pre-processing"), logged on the root logger."""
+
+    def filter(self, record) -> bool:
+        return "onnxruntime" not in record.pathname.replace("\\", "/")
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    root, advice = logging.getLogger(), _QuantizerAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def write_model(model, path: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ Recordings that cannot be used (not audio, too low a rate, ...) are left out wit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -85,6 +86,8 @@ class Model:
         self.detect_settings = detect_settings or DetectSettings()
         self.thresholds = resolve_thresholds(bundle, self.detect_settings.thresholds)
         self._predictors: dict[float, Any] = {}
+        self._scorer = None
+        self._graphs: Any = False  # not looked for yet
 
     path = property(lambda self: self.bundle.path)
     architecture = property(lambda self: self.bundle.architecture)
@@ -103,20 +106,52 @@ class Model:
 
     # --- windows -------------------------------------------------------------------------
 
+    @property
+    def runtime(self):
+        """The network's ONNX graphs (:class:`~pipeline.model.inference.RuntimeGraphs`) at the
+        detect settings' precision, or None when the model runs in Keras."""
+        from pipeline.model.inference import runtime_graphs
+
+        if self._graphs is False:
+            engine = self.detect_settings.engine
+            self._graphs = runtime_graphs(self.bundle, self.detect_settings.precision) if engine == "onnxruntime" else None
+        return self._graphs
+
     def predictor(self, booster_gate: float | None = None):
-        """The :class:`~pipeline.model.predictor.Predictor` (networks loaded once, kept)."""
-        from pipeline.model.predictor import Predictor
+        """The model as a function of windows ``(b, rows, 20, 1) -> (b, K + 1)`` (loaded once,
+        kept): the network on ONNX Runtime (:class:`~pipeline.detection.scorers.WindowScorer`), a
+        hybrid's boosters on the windows whose network call score reaches ``booster_gate``
+        (default: the detect settings'; 0: every window); the Keras
+        :class:`~pipeline.model.predictor.Predictor` for a model without graphs."""
+        from pipeline.detection.scorers import model_scorer
 
         gate = float(self.detect_settings.booster_gate if booster_gate is None else booster_gate)
         if gate not in self._predictors:
-            self._predictors[gate] = Predictor.from_bundle(self.bundle, booster_gate=gate)
+            self._predictors[gate] = model_scorer(
+                self.bundle, graphs=self.runtime, booster_gate=gate, booster_margin=None,
+                engine=self.detect_settings.engine,
+            )  # fmt: skip
         return self._predictors[gate]
+
+    def scorer(self):
+        """What :meth:`detect` scores with: :func:`pipeline.detection.scorers.model_scorer` with the
+        detect settings (the scan, the boosters' policy), as ``batml detect``'s workers do."""
+        from pipeline.detection.scorers import model_scorer
+
+        if self._scorer is None:
+            settings = self.detect_settings
+            self._scorer = model_scorer(
+                self.bundle, graphs=self.runtime, booster_gate=settings.booster_gate,
+                booster_margin=settings.booster_margin, engine=settings.engine,
+            )  # fmt: skip
+        return self._scorer
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """Per-window probabilities: ``(b, rows, 20[, 1])`` -> ``(b, K + 1)`` float32.
 
         Column 0 is P(not call), column ``k`` the probability of ``classes[k - 1]``; every
-        stage of the model runs on every window (no fast path).
+        stage of the model runs on every window (no fast path), on the runtime as
+        :meth:`predictor`.
         """
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim == 3:
@@ -251,7 +286,7 @@ class Model:
             start, n = int(row["start"]), int(row["n_columns"])
             offsets = np.asarray(offset[start : start + n].values, dtype=np.float64)
             events = detect_columns(
-                self.predictor(), lambda a, b, s=start: np.asarray(array[s + a : s + b].values, dtype=np.float32),
+                self.scorer(), lambda a, b, s=start: np.asarray(array[s + a : s + b].values, dtype=np.float32),
                 n, offsets, self.classes, self.thresholds, scan=self.detect_settings.scan,
                 calibration=self.calibration,
             )  # fmt: skip
@@ -306,11 +341,7 @@ class Model:
         from pipeline.detection.archive import detect_archive
         from pipeline.outputs.parts import read_detections
 
-        settings = DetectSettings(
-            thresholds=self.detect_settings.thresholds, scan_stride=self.detect_settings.scan_stride,
-            scan_gamma=self.detect_settings.scan_gamma, booster_gate=self.detect_settings.booster_gate,
-            formats=("parquet",),
-        )  # fmt: skip
+        settings = dataclasses.replace(self.detect_settings, formats=("parquet",))
         with tempfile.TemporaryDirectory(prefix="batml-detect-") as out:
             report = detect_archive(
                 source, out, model=self.path, settings=settings, ingest_settings=ingest_settings,
@@ -327,7 +358,7 @@ class Model:
         from pipeline.detection.recording import detect_recording
 
         events = detect_recording(
-            self.predictor(), columns, times, self.classes, self.thresholds, scan=self.detect_settings.scan,
+            self.scorer(), columns, times, self.classes, self.thresholds, scan=self.detect_settings.scan,
             calibration=self.calibration,
         )
         return events_table(file, channel, events, self.classes)

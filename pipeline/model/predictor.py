@@ -74,6 +74,30 @@ class Predictor:
         return int(self.networks[self.arch.network_rows[-1]].output_shape[-1]) + int(self.arch.two_stage)
 
 
+class KerasNetwork:
+    """A trained CNN in Keras with the scoring interface of
+    :class:`pipeline.model.runtime.NetworkRuntime` (windows only, no strips): what detection's
+    :class:`pipeline.detection.scorers.WindowScorer` reads, so that the Keras path and the
+    ONNX runtime compute events the same way (``tests/test_detect_runtime.py``).
+    """
+
+    strides: tuple[int, ...] = ()
+
+    def __init__(self, network):
+        self.network = network
+        self.rows, self.width = int(network.input_shape[1]), int(network.input_shape[2])
+        self._embed_and_head = embedding_and_head(network)
+
+    def embed(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network's head ``(b, n_outputs)`` and embedding ``(b, units)`` of windows."""
+        n = len(windows)
+        size = padded_batch_size(n)
+        if size != n:
+            windows = np.concatenate([windows, np.zeros((size - n, *windows.shape[1:]), windows.dtype)])
+        embedding, head = (x.numpy()[:n] for x in self._embed_and_head(windows, training=False))
+        return head.astype(np.float32), embedding.astype(np.float32)
+
+
 def padded_batch_size(n: int, smallest: int = 64) -> int:
     """The batch shape ``n`` windows are scored in: the next power of two, at least ``smallest``.
 

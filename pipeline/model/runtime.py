@@ -78,6 +78,7 @@ class _OnnxRuntimeSession:
         self.input_name = self._session.get_inputs()[0].name
         self.input_shape = self._session.get_inputs()[0].shape
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
     def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, {self.input_name: array})
@@ -111,6 +112,7 @@ class _OpenVinoSession:
         self.input_name = self._compiled.inputs[0].get_any_name()
         self.input_shape = [d.get_length() if d.is_static else None for d in self._compiled.inputs[0].get_partial_shape()]
         self._outputs = [o.get_any_name() for o in self._compiled.outputs]
+        self.metadata = _metadata(model)
 
     def run(self, array: np.ndarray) -> dict[str, np.ndarray]:
         result = self._request.infer({0: array})
@@ -162,8 +164,9 @@ class NetworkRuntime:
     ----------
     window_model : path, bytes or onnx.ModelProto
         The graph of :func:`pipeline.model.export.window_graph` (or its int8 version).
-    strip_model : path, bytes or onnx.ModelProto, optional
-        The graph of :func:`pipeline.model.export.strip_graph`; needed by :meth:`strip`.
+    strip_model : path, bytes, onnx.ModelProto, or a mapping of such, optional
+        The graph of :func:`pipeline.model.export.strip_graph`, or several (one per stride, the
+        stride read from each graph's metadata); needed by :meth:`strip`.
     boosters : mapping of str to xgboost.Booster, optional
         A hybrid's boosters, one per output column in order (``output_0`` ...).
     booster_gate : float, default 0
@@ -205,11 +208,14 @@ class NetworkRuntime:
         self.boosters = dict(boosters) if boosters else None
         self.booster_gate = float(booster_gate)
         self._windows = _session(_model_source(window_model), engine, self.threads, precision)
-        self._strip = self.stride = None
+        self._strips: dict[int, object] = {}
         if strip_model is not None:
-            source = _model_source(strip_model)
-            self._strip = _session(source, engine, self.threads, precision)
-            self.stride = int(_metadata(source).get("stride", 1))
+            models = strip_model.values() if isinstance(strip_model, Mapping) else [strip_model]
+            for model in models:
+                session = _session(_model_source(model), engine, self.threads, precision)
+                self._strips[int(session.metadata.get("stride", 1))] = session
+        #: The stride :meth:`strip` uses by default: the smallest of the strip graphs (None: no strip graph).
+        self.stride = min(self._strips) if self._strips else None
         self.rows = int(self._windows.input_shape[1])
         self._n_outputs: int | None = None
         if self.boosters and int(self._windows.input_shape[2] or self.width) != self.width:
@@ -274,7 +280,12 @@ class NetworkRuntime:
 
     # --- strips ---------------------------------------------------------------------------
 
-    def strip(self, columns: np.ndarray, *, piece_windows: int = PIECE_WINDOWS) -> StripScores:
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """The strides of the strip graphs this runtime holds (empty: none)."""
+        return tuple(sorted(self._strips))
+
+    def strip(self, columns: np.ndarray, *, piece_windows: int = PIECE_WINDOWS, stride: int | None = None) -> StripScores:
         """The scores of every window of a strip of spectrogram columns, in one pass per piece.
 
         Parameters
@@ -284,6 +295,8 @@ class NetworkRuntime:
         piece_windows : int
             Windows scored per run of the engine: the strip is cut into overlapping pieces of
             ``piece_windows + width - 1`` columns, which bounds the memory whatever ``T``.
+        stride : int, optional
+            The strip graph to run (one of :attr:`strides`; default :attr:`stride`).
 
         Returns
         -------
@@ -299,27 +312,30 @@ class NetworkRuntime:
         ValueError
             When the runtime has no strip graph, or ``columns`` is not ``(rows, T)``.
         """
-        if self._strip is None:
+        if not self._strips:
             raise ValueError("this runtime has no strip graph (the network pads along time, or none was given)")
+        stride = self.stride if stride is None else int(stride)
+        if stride not in self._strips:
+            raise ValueError(f"no strip graph of stride {stride}; this runtime has {', '.join(map(str, self.strides))}")
+        session = self._strips[stride]
         columns = np.asarray(columns, dtype=np.float32)
         if columns.ndim != 2 or columns.shape[0] != self.rows:
             raise ValueError(f"a strip is ({self.rows}, T) spectrogram columns, not of shape {columns.shape}")
         piece_windows = int(piece_windows)
         if piece_windows < 1:
             raise ValueError(f"piece_windows={piece_windows} must be at least 1")
-        stride = self.stride
         piece_windows = -(-piece_windows // stride) * stride  # pieces start on the grid
         n_windows = max(columns.shape[1] - self.width + 1, 0)
         heads, embeddings = [], []
         for start in range(0, n_windows, piece_windows):
             stop = min(start + piece_windows, n_windows)
             piece = np.ascontiguousarray(columns[:, start : stop + self.width - 1])
-            out = self._strip.run(piece)
+            out = session.run(piece)
             wanted = -(-(stop - start) // stride)
             heads.append(out["probabilities"][:wanted])
             embeddings.append(out["embedding"][:wanted])
         if not heads:
-            units = int(self._strip.run(np.zeros((self.rows, self.width), np.float32))["embedding"].shape[1])
+            units = int(session.run(np.zeros((self.rows, self.width), np.float32))["embedding"].shape[1])
             empty = np.zeros((0, self.n_outputs), np.float32)
             return StripScores(empty, np.zeros((0, units), np.float32), stride)
         head, embedding = np.concatenate(heads), np.concatenate(embeddings)
@@ -344,9 +360,9 @@ class NetworkRuntime:
         spectrogram = np.asarray(spectrogram, dtype=np.float32)
         if spectrogram.ndim != 2:
             raise ValueError(f"a spectrogram is (n_columns, rows), not of shape {spectrogram.shape}")
-        if self.stride not in (None, 1):
+        if self._strips and 1 not in self._strips:
             raise ValueError(f"the strip graph scores every {self.stride}th window only; dense scoring needs stride 1")
-        scores = self.strip(spectrogram.T, piece_windows=piece_windows)
+        scores = self.strip(spectrogram.T, piece_windows=piece_windows, stride=1)
         n_outputs = scores.probabilities.shape[1]
         probs = np.zeros((spectrogram.shape[0], n_outputs), np.float32)
         probs[:, 0] = 1.0

@@ -102,6 +102,12 @@ def report_text(report: Mapping[str, Any]) -> str:
         lines.append(f"model: {model.get('path', '?')}" + (f" ({details})" if details else ""))
         if model.get("licence"):
             lines.append(f"model licence: {model['licence']}")
+        runtime = model.get("runtime")
+        if isinstance(runtime, Mapping) and runtime.get("engine"):
+            how = ", ".join(str(runtime[k]) for k in ("precision", "graphs") if runtime.get(k))
+            lines.append(f"network runs on: {runtime['engine']}" + (f" ({how})" if how else ""))
+    if report.get("cluster"):
+        lines.append(f"cluster: {report['cluster']}")
     if "settings_fingerprint" in report:
         lines.append(f"settings fingerprint: {report['settings_fingerprint']}")
     timings = report.get("timings") or {}

@@ -56,6 +56,9 @@ class TrainSettings:
         output layer is replaced when the class list differs); None trains from scratch
     head_epochs : fine-tuning: epochs (at most) of the first phase, the parent's layers frozen
     fine_tune_rate : fine-tuning: factor of the learning rate in the second phase (all layers)
+    runtime_precision : the precision of the bundle's runtime graphs (what ``batml detect`` runs):
+        ``"auto"`` keeps int8 when it detects the validation recordings within 0.005 of float's
+        detection AP (:mod:`pipeline.training.precision`), ``"float"`` skips that check
     """
 
     model_type: str = "hybrid_cnn_xgboost"
@@ -69,6 +72,7 @@ class TrainSettings:
     parent: str | None = None
     head_epochs: int = 30
     fine_tune_rate: float = 0.1
+    runtime_precision: str = "auto"
 
 
 @dataclass
@@ -243,6 +247,13 @@ def train_model(
     report.metrics = (
         evaluate_model(predictor, cube, annotations.test, classes, thresholds, calibration) if annotations.test else {}
     )
+    graphs, runtime = None, None
+    if settings.runtime_precision == "auto" and arch.family == "cnn" and not arch.two_stage:
+        from pipeline.training.precision import choose_runtime_graphs
+
+        row = arch.network_rows[0]
+        chosen, runtime = choose_runtime_graphs(networks[row], boosters, cube, fit_recs, val_recs, classes)
+        graphs = {row: chosen} if chosen is not None else None
     save_bundle(
         out,
         architecture=arch.name,
@@ -268,6 +279,8 @@ def train_model(
         licence=joined_licence(licence, parent.licence if parent is not None else None, settings.licence),
         metrics=report.metrics,
         params={**rows, **({"xgboost": booster_params} if arch.hybrid else {})},
+        graphs=graphs,
+        runtime=runtime,
     )
     report.seconds = time.perf_counter() - t0
     if report.metrics:
