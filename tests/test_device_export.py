@@ -153,3 +153,29 @@ def test_int8_export_needs_the_bundle_s_int8_graphs_or_a_calibration(recordings,
     assert json.loads((tmp_path / "int8" / "model.json").read_text())["network"]["precision"] == "int8"
     _run(tmp_path / "int8" / "runner.py", [wav], tmp_path / "int8.csv")
     assert len(pd.read_csv(tmp_path / "int8.csv")) > 10
+
+
+def test_the_runner_applies_the_model_s_score_calibration(recordings, tmp_path):
+    """With a calibrated model and a detection threshold below a raw score of 0.5, the runner keeps
+    the peaks batml keeps (not only those that beat "not call") and reports the calibrated score."""
+    import shutil
+
+    import pipeline
+    from pipeline.model.device import export_device
+
+    bundle = shutil.copytree(DEFAULT_MODEL, tmp_path / "model")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["calibration"] = {"method": "isotonic", "raw": [0.0, 0.5, 1.0], "calibrated": [0.0, 0.8, 1.0], "peaks": 10, "matched": 5}
+    manifest["thresholds"]["detection"] = 0.3  # a raw score of 0.1875
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    recording = sorted(recordings.iterdir())[0]
+
+    theirs = pipeline.open_model(bundle).detect(recording)
+    export = export_device(bundle, tmp_path / "export")
+    _run(export.folder / "runner.py", [recording], tmp_path / "calls.csv")
+    ours = pd.read_csv(tmp_path / "calls.csv").drop_duplicates("time").sort_values("time")
+    theirs = theirs.drop_duplicates("time").sort_values("time")
+    assert json.loads((export.folder / "model.json").read_text())["score_calibration"]["calibrated"] == [0.0, 0.8, 1.0]
+    assert (theirs["score"] < 0.8).sum() >= 3  # events whose raw score is below 0.5
+    np.testing.assert_array_equal(ours["time"].to_numpy(), theirs["time"].to_numpy())
+    np.testing.assert_allclose(ours["score"].to_numpy(), theirs["score"].to_numpy(), atol=1e-6)

@@ -270,6 +270,7 @@ def test_seed_npz_object_arrays_of_plain_arrays_need_no_flag(tmp_path):
         ("manifest checksum", "tampered or corrupted: boosters/output_0.ubj"),
         ("manifest architecture", "needs networks"),
         ("manifest booster list", "unlisted file(s) in the bundle: boosters/output_7.ubj"),
+        ("manifest graph of no network", "lists graph 'runtime/resnet_8.windows.onnx' of no network"),
         ("booster replaced by a pickle", "tampered or corrupted: boosters/output_2.ubj"),
     ],
 )
@@ -291,6 +292,9 @@ def test_tampered_bundle_is_refused(lab, tmp_path, tamper, reason):
         manifest["architecture"] = "resnet8"
     elif tamper == "manifest booster list":
         del manifest["files"]["boosters/output_7.ubj"]
+    elif tamper == "manifest graph of no network":
+        entry = {"role": "graph:resnet_8.windows", "sha256": "0" * 64}
+        manifest["files"]["runtime/resnet_8.windows.onnx"] = entry
     else:
         (bundle / "boosters/output_2.ubj").write_bytes(pickle.dumps(_Exploit(tmp_path / "pwned")))
     (bundle / "manifest.json").write_text(json.dumps(manifest))

@@ -592,7 +592,7 @@ def _manifest_spectrogram(path: Path, manifest: dict) -> SpectrogramSettings:
 def _check_files(path: Path, arch: Architecture, manifest: dict) -> None:
     """Refuse badly listed, missing, altered or unlisted model files."""
     files = manifest["files"]
-    rows, booster_names = [], []
+    rows, booster_names, graphs = [], [], []
     for name, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("role"), str):
             raise BundleError(path, f"{MANIFEST_NAME} lists {name!r} without a role")
@@ -601,17 +601,17 @@ def _check_files(path: Path, arch: Architecture, manifest: dict) -> None:
         if expected != name:
             reason = f"{MANIFEST_NAME} lists {name!r} with an invalid role {entry['role']!r}"
             raise BundleError(path, reason)
-        if kind == "graph":
-            if role_name.partition(".")[0] not in arch.network_rows:
-                raise BundleError(path, f"{MANIFEST_NAME} lists graph {name!r} of no network of {arch.name}")
-            continue
-        (rows if kind == "network" else booster_names).append(role_name)
+        {"graph": graphs, "network": rows}.get(kind, booster_names).append(role_name)
     if sorted(rows) != sorted(arch.network_rows):
         raise BundleError(
             path,
             f"{arch.name} needs networks {', '.join(arch.network_rows)}; the bundle lists "
             f"{', '.join(rows) or 'none'}",
         )
+    for graph in graphs:
+        if graph.partition(".")[0] not in arch.network_rows:
+            name = _model_file("graph", graph)
+            raise BundleError(path, f"{MANIFEST_NAME} lists graph {name!r} of no network of {arch.name}")
     if arch.hybrid and not booster_names:
         raise BundleError(path, f"{arch.name} needs XGBoost boosters; the bundle lists none")
     if not arch.hybrid and booster_names:

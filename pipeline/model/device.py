@@ -2,7 +2,8 @@
 
 :func:`export_device` writes into a folder:
 
-- ``model.json``: the spectrogram settings, the classes and thresholds, the detection's settings
+- ``model.json``: the spectrogram settings, the classes and thresholds, the score's calibration
+  (``score_calibration``: breakpoints of a piecewise-linear map), the detection's settings
   (window width, smoothing, NMS radius, the coarse-to-fine scan, where the boosters run), the
   file names below, the model's identity, source and licence;
 - ``network.windows.onnx`` (and, for a network valid along time, ``network.strip<k>.onnx``): the
@@ -298,6 +299,7 @@ def _model_document(bundle, settings, precision: str, names: dict, hybrid: bool)
         "licence": bundle.licence,
         "classes": list(bundle.classes),
         "thresholds": resolve_thresholds(bundle, settings.thresholds),
+        "score_calibration": {"raw": list(bundle.calibration.raw), "calibrated": list(bundle.calibration.calibrated)},
         "spectrogram": {**spectrogram, "fingerprint": bundle.fingerprint, "stored_as": "float16"},
         "detection": {
             "width": WINDOW_COLUMNS,

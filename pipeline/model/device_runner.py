@@ -16,8 +16,11 @@ step, so that a port to a recorder's firmware can be checked against it:
    valid along time);
 4. a hybrid's boosters (the trees as flat arrays) on the network's embedding, near the peaks of
    the network's own call score;
-5. Gaussian smoothing of the probabilities, non-maximum suppression of the call score, and the
-   events whose score beats "not call" and reaches the detection threshold.
+5. Gaussian smoothing of the probabilities, non-maximum suppression of the call score
+   ``1 - P(not call)``, the peak's score mapped through the model's score calibration
+   (``score_calibration``: piecewise linear between breakpoints), and the events whose
+   calibrated score reaches the detection threshold (a peak below it still suppresses its
+   neighbours).
 
 Usage::
 
@@ -405,9 +408,14 @@ def detect(spec, times, network, forest, model) -> list[dict]:
     smoothed = smooth(probs, d["sigma_columns"])
     score = call_score(smoothed)
     threshold = float(model["thresholds"].get("detection", 0.5))
-    found = peaks(score, d["radius_columns"], threshold)
-    found = found[(score[found] > smoothed[found, 0]) & (score[found].astype(np.float64) >= threshold)]
-    return [{"time": float(times[c]), "score": float(score[c]), "probs": smoothed[c, 1:].astype(np.float32)} for c in found]
+    found = peaks(score, d["radius_columns"], -np.inf)
+    calibration = model.get("score_calibration") or {"raw": [0.0, 1.0], "calibrated": [0.0, 1.0]}
+    calibrated = np.interp(score[found].astype(np.float64), calibration["raw"], calibration["calibrated"])
+    kept = calibrated >= threshold
+    return [
+        {"time": float(times[c]), "score": float(value), "probs": smoothed[c, 1:].astype(np.float32)}
+        for c, value in zip(found[kept], calibrated[kept])
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
