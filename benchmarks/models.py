@@ -19,7 +19,7 @@ Usage::
 
     python benchmarks/models.py --minutes 20 --models hybrid_cnn_xgboost cnn8 --workers 2
     python benchmarks/models.py --minutes 1 --epochs 1      # a quick smoke run of all six
-    python benchmarks/models.py --minutes 5 --epochs 8 --workers 1 \
+    python benchmarks/models.py --minutes 5 --epochs 5 --workers 1 \
         --models resnet8 resnet2 hybrid_resnet_xgboost cnn8 hybrid_cnn_xgboost   # README's reduced budget
 """
 
