@@ -147,22 +147,34 @@ def run_set(real: RealSet, models: list[str], args, work: Path, client) -> list[
           f"classes {', '.join(f'{c} ({train_calls.get(c, 0)})' for c in dataset.classes)}", file=sys.stderr)  # fmt: skip
     for note in dataset.notes:
         print(f"  note: {note}", file=sys.stderr)
-    cube = work / f"{real.name}.cube.zarr"
     rows = []
     for model in models:
         t0 = time.perf_counter()
+        parent = None if model in ("scratch", "bundled") else ("default" if model == "from-bundled" else model.removeprefix("from:"))
+        cube = work / f"{real.name}.{_fingerprint(model, parent, run_settings)}.cube.zarr"  # one per spectrogram setting
         if model == "bundled":
             grouped = dataset_from(species_to_groups(annotation_set))
             metrics = _evaluate_bundled(grouped, real.audio, run_settings.ingest, cube, client)
             rows.append(_row(real.name, "bundled (groups)", metrics, list(metrics["classification"]["per_class"]),
                              n_test, time.perf_counter() - t0))  # fmt: skip
             continue
-        parent = None if model == "scratch" else ("default" if model == "from-bundled" else model.removeprefix("from:"))
         settings = TrainSettings(model_type=args.model_type, epochs=args.epochs, seed=args.seed, parent=parent)
         report = train(dataset, real.audio, work / f"{real.name}-{model.replace(':', '_').replace('/', '_')}",
                        settings=settings, cube=cube, run_settings=run_settings, client=client, progress=False)  # fmt: skip
         rows.append(_row(real.name, model, report.metrics, common, n_test, time.perf_counter() - t0))
     return rows
+
+
+def _fingerprint(model: str, parent: str | None, run_settings) -> str:
+    """The spectrogram fingerprint a model of the benchmark reads: its parent's when fine-tuned
+    (a converted reference network has its own), the bundled model's, or the run's."""
+    from pipeline.model.bundle import DEFAULT_BUNDLE, load_bundle
+
+    if model == "bundled" or parent == "default":
+        return load_bundle(DEFAULT_BUNDLE).fingerprint
+    if parent is not None:
+        return load_bundle(parent).fingerprint
+    return run_settings.spectrogram.fingerprint()
 
 
 def _evaluate_bundled(dataset, audio: Path, ingest_settings, cube: Path, client) -> dict:

@@ -338,3 +338,32 @@ def test_hybrid_bundle_trains_boosters_on_the_reference_embedding(reference_mode
     probs = Predictor.from_bundle(bundle)(windows)
     assert probs.shape == (16, 8) and np.all((probs >= 0) & (probs <= 1))
     assert 0 <= json.loads((tmp_path / "hybrid" / "evaluation.json").read_text())["detection"]["ap"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_fine_tuning_from_a_converted_network_keeps_its_frequency_flip(reference_models, client, tmp_path):
+    """``--from`` a converted reference network (which reads batml's windows through a constant
+    frequency flip that batml's own builder does not make): the new model is that network with a
+    new output layer; the flip stays the constant reversal while the other layers train."""
+    import pandas as pd
+
+    from pipeline.simulation.archive import simulate_archive
+    from pipeline.training.job import TrainSettings, train
+
+    parent_path = reference.network_bundle(reference_models / f"{CNN8}_weights.npy", tmp_path / "parent")
+    archive = simulate_archive(tmp_path / "audio", minutes=0.5, seed=12, empty_fraction=0.2, test_fraction=0.4)
+    calls = pd.read_csv(archive.annotations_csv)
+    calls["class"] = np.where(calls["class"] == 1, "Barbastella", "other bat")
+    calls.to_csv(tmp_path / "two.csv", index=False)
+    settings = TrainSettings(model_type="cnn8", epochs=1, parent=str(parent_path), head_epochs=1, fine_tune_rate=1.0)
+    train(tmp_path / "two.csv", archive.root, tmp_path / "child", settings=settings, cube=tmp_path / "cube.zarr",
+          client=client, progress=False)  # fmt: skip
+
+    child, parent = load_bundle(tmp_path / "child"), load_bundle(parent_path)
+    assert child.classes == ["Barbastella", "other bat"] and child.fingerprint == parent.fingerprint
+    new, old = child.network("cnn_8"), parent.network("cnn_8")
+    np.testing.assert_array_equal(new.get_layer(reference.FLIP_LAYER).get_weights()[0], reference.reversal(130))
+    assert new.get_layer("output").get_weights()[0].shape == (320, 3)
+    assert not np.array_equal(new.get_layer("conv_1").get_weights()[0], old.get_layer("conv_1").get_weights()[0])
+    assert child.licence == reference.REFERENCE_LICENCE

@@ -51,8 +51,32 @@ def _layers_with_weights(network) -> list:
     return [layer for layer in network.layers if layer.weights]
 
 
+def fixed_layers(network) -> set[str]:
+    """Names of the layers whose weights are constants, never trained (e.g. the frequency flip of
+    a converted reference network, :func:`pipeline.model.reference.reference_network`)."""
+    return {layer.name for layer in network.layers if layer.weights and not layer.trainable}
+
+
+def _copy_with_outputs(network, n_outputs: int):
+    """A copy of a trained network, its weights included, with a fresh output layer of
+    ``n_outputs`` units when it has another number."""
+    import keras
+
+    copy = keras.models.clone_model(network)
+    copy.set_weights(network.get_weights())
+    output = copy.layers[-1]
+    if output.get_config().get("units") == n_outputs:
+        return copy
+    config = {**output.get_config(), "units": n_outputs}
+    return keras.Model(copy.inputs, type(output).from_config(config)(output.input), name=copy.name)
+
+
 def transfer_weights(parent, networks: dict) -> dict[str, list[str]]:
     """Copy the parent's weights into ``networks`` (row -> Keras model) where shapes agree.
+
+    A parent network with fixed layers that the new one lacks (a converted reference network
+    reads batml's windows through a constant frequency flip) is copied whole instead, with a
+    fresh output layer for the new class list: ``networks[row]`` is replaced by that copy.
 
     Returns
     -------
@@ -62,8 +86,14 @@ def transfer_weights(parent, networks: dict) -> dict[str, list[str]]:
     """
     new_layers = {}
     for row, network in networks.items():
-        source = _layers_with_weights(parent.network(row))
+        parent_network = parent.network(row)
         target = _layers_with_weights(network)
+        if fixed_layers(parent_network) - fixed_layers(network):
+            n_outputs = int(network.output_shape[-1])
+            networks[row] = network = _copy_with_outputs(parent_network, n_outputs)
+            new_layers[row] = [_layers_with_weights(network)[-1].name]
+            continue
+        source = _layers_with_weights(parent_network)
         if len(source) != len(target):
             raise TrainingError(
                 f"--from {parent.path}: its {row} network has {len(source)} layers with weights, the new one "

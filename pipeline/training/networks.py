@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.model.registry import compile_network
+from pipeline.training.fine_tuning import fixed_layers
 
 
 def network_targets(arch, row: str, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +45,10 @@ def fit_networks(arch, networks, params_by_row, cube_path, train, validation, se
             phases = [("new layers", set(new_layers[row]), 1.0, head_epochs),
                       ("all layers", None, float(settings.fine_tune_rate), epochs)]  # fmt: skip
         history: dict[str, list[float]] = {}
+        fixed = fixed_layers(network)  # constants (a converted reference's frequency flip) stay constant
         for name, trained, rate_factor, phase_epochs in phases:
             for layer in network.layers:
-                layer.trainable = trained is None or layer.name in trained
+                layer.trainable = (trained is None or layer.name in trained) and layer.name not in fixed
             compile_network(network, params, masked=masked, rate_factor=rate_factor)
             if progress and new_layers is not None:
                 print(f"{row}: fine-tuning, {name}")
