@@ -367,3 +367,62 @@ def test_fine_tuning_from_a_converted_network_keeps_its_frequency_flip(reference
     assert new.get_layer("output").get_weights()[0].shape == (320, 3)
     assert not np.array_equal(new.get_layer("conv_1").get_weights()[0], old.get_layer("conv_1").get_weights()[0])
     assert child.licence == reference.REFERENCE_LICENCE
+
+
+@pytest.mark.parametrize("n_classes", [3, 7])
+def test_transfer_weights_copies_a_converted_network_with_the_new_head(n_classes):
+    """A parent with a constant layer batml's builder does not make (the converted networks'
+    frequency flip) is copied whole: the flip and the trunk keep their weights; the head is the
+    parent's when it fits the new class list, else the new network's own (units, activation)."""
+    import types
+    import warnings
+
+    from pipeline.model.registry import build_networks
+    from pipeline.training.fine_tuning import fixed_layers, transfer_weights
+
+    rng = np.random.default_rng(0)
+    shapes = reference.weight_shapes("cnn8")
+    published = reference.reference_network([rng.normal(0, 0.05, s).astype(np.float32) for s in shapes], "cnn8")
+    parent = types.SimpleNamespace(path=Path("reference-cnn8"), network=lambda row: published)
+    networks = build_networks("cnn8", n_classes)
+    built_head = networks["cnn_8"].get_layer("output").get_config()
+    assert transfer_weights(parent, networks) == {"cnn_8": ["output"]}
+
+    child = networks["cnn_8"]
+    assert fixed_layers(child) == {reference.FLIP_LAYER}
+    np.testing.assert_array_equal(child.get_layer(reference.FLIP_LAYER).get_weights()[0], reference.reversal(130))
+    for name in ("conv_1", "conv_3", "embedding"):
+        for a, b in zip(child.get_layer(name).get_weights(), published.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    head = child.get_layer("output")
+    assert head.get_config()["activation"] == built_head["activation"] and head.get_config()["units"] == n_classes + 1
+    kept = np.array_equal(head.get_weights()[0], published.get_layer("output").get_weights()[0])
+    assert kept == (n_classes == 7)
+    windows = rng.gamma(1.0, 0.5, (4, 130, 20, 1)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = child(windows).numpy()
+    assert out.shape == (4, n_classes + 1) and not [w for w in caught if "structure" in str(w.message)]
+    embedding = published.get_layer("embedding").output
+    import keras
+
+    np.testing.assert_allclose(  # the same features as the parent's
+        keras.Model(child.input, child.get_layer("embedding").output)(windows).numpy(),
+        keras.Model(published.input, embedding)(windows).numpy(), rtol=1e-6,
+    )
+
+
+def test_transfer_weights_refuses_a_converted_detector_for_a_cnn8(tmp_path):
+    import types
+
+    from pipeline.model.registry import build_networks
+    from pipeline.training import TrainingError
+    from pipeline.training.fine_tuning import transfer_weights
+
+    rng = np.random.default_rng(1)
+    detector = reference.reference_network(
+        [rng.normal(0, 0.05, s).astype(np.float32) for s in reference.weight_shapes("detector")], "detector"
+    )
+    parent = types.SimpleNamespace(path=Path("reference-detector"), network=lambda row: detector)
+    with pytest.raises(TrainingError, match="--from reference-detector: .*give the same hyperparameters"):
+        transfer_weights(parent, build_networks("cnn8", 3))

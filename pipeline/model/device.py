@@ -36,7 +36,7 @@ import numpy as np
 
 #: The folder layout's version, in ``model.json``.
 EXPORT_FORMAT = "batml-device-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: model.json has the score calibration (1: none, the raw call score)
 
 #: Formats ``batml export`` knows; only ONNX is written (see the module's docstring).
 FORMATS = ("onnx", "litert")
@@ -331,7 +331,8 @@ def _readme(document: dict) -> str:
         )
     return (
         f"batml device export ({document['model']['architecture']}, {document['network']['precision']} network)\n\n"
-        "  model.json           spectrogram settings, classes, thresholds, detection settings, file names\n"
+        "  model.json           spectrogram settings, classes, thresholds, score calibration, detection settings,\n"
+        "                       file names\n"
         f"  {document['network']['windows']:<20} the network (ONNX), windows (b, rows, 20, 1) -> probabilities, embedding\n"
         + "".join(f"  {name:<20} the same network over a strip of columns, every {k}th window\n"
                   for k, name in document["network"]["strips"].items())  # fmt: skip

@@ -9,7 +9,7 @@ every kernel, step after step, and the activations' variance with it. Early in t
 on a budget of a few hundred steps that is all of training, the moving averages then lag
 behind the batches: at inference a network whose batch-mode outputs separate calls from
 noise well answers "not call" nearly everywhere (measured: ``benchmarks/models.py``,
-README "Six models at a reduced budget").
+README, Benchmarks, the ResNet rows).
 
 :func:`reestimate_batch_norm` replaces the moving averages by the averages over whole
 batches of training windows of the current weights (what the moving averages reach when the

@@ -53,30 +53,42 @@ def _layers_with_weights(network) -> list:
 
 def fixed_layers(network) -> set[str]:
     """Names of the layers whose weights are constants, never trained (e.g. the frequency flip of
-    a converted reference network, :func:`pipeline.model.reference.reference_network`)."""
+    a converted reference network, :func:`pipeline.model.reference.reference_network`).
+
+    Read from the layers' ``trainable`` flags as built or saved: call it before any training
+    phase freezes layers.
+    """
     return {layer.name for layer in network.layers if layer.weights and not layer.trainable}
 
 
-def _copy_with_outputs(network, n_outputs: int):
-    """A copy of a trained network, its weights included, with a fresh output layer of
-    ``n_outputs`` units when it has another number."""
+def _head(layer) -> dict:
+    config = layer.get_config()
+    return {key: config.get(key) for key in ("units", "activation")}
+
+
+def _copy_with_head(network, head):
+    """A copy of a trained network, its weights included, whose output layer is the parent's when
+    it has the units and activation of ``head`` (the new network's output layer), else a fresh
+    copy of ``head``."""
     import keras
 
     copy = keras.models.clone_model(network)
     copy.set_weights(network.get_weights())
     output = copy.layers[-1]
-    if output.get_config().get("units") == n_outputs:
+    if _head(output) == _head(head):
         return copy
-    config = {**output.get_config(), "units": n_outputs}
-    return keras.Model(copy.inputs, type(output).from_config(config)(output.input), name=copy.name)
+    fresh = type(head).from_config(head.get_config())
+    return keras.Model(copy.input, fresh(output.input), name=copy.name)
 
 
 def transfer_weights(parent, networks: dict) -> dict[str, list[str]]:
     """Copy the parent's weights into ``networks`` (row -> Keras model) where shapes agree.
 
     A parent network with fixed layers that the new one lacks (a converted reference network
-    reads batml's windows through a constant frequency flip) is copied whole instead, with a
-    fresh output layer for the new class list: ``networks[row]`` is replaced by that copy.
+    reads batml's windows through a constant frequency flip) is copied whole instead, its own
+    layers and their settings (``--params`` then changes only the training: rate, batch,
+    epochs), with the new network's output layer where the parent's has other units or another
+    activation: ``networks[row]`` is replaced by that copy.
 
     Returns
     -------
@@ -89,8 +101,14 @@ def transfer_weights(parent, networks: dict) -> dict[str, list[str]]:
         parent_network = parent.network(row)
         target = _layers_with_weights(network)
         if fixed_layers(parent_network) - fixed_layers(network):
-            n_outputs = int(network.output_shape[-1])
-            networks[row] = network = _copy_with_outputs(parent_network, n_outputs)
+            parent_head = _layers_with_weights(parent_network)[-2:-1]  # the layer feeding the head
+            new_head = _layers_with_weights(network)[-2:-1]
+            if [layer.get_config().get("units") for layer in parent_head] != [layer.get_config().get("units") for layer in new_head]:
+                raise TrainingError(
+                    f"--from {parent.path}: its {row} network's embedding differs from the new one's: give the "
+                    f"same hyperparameters (--params) as the parent's"
+                )
+            networks[row] = network = _copy_with_head(parent_network, target[-1])
             new_layers[row] = [_layers_with_weights(network)[-1].name]
             continue
         source = _layers_with_weights(parent_network)
