@@ -151,7 +151,8 @@ def run_set(real: RealSet, models: list[str], args, work: Path, client) -> list[
     for model in models:
         t0 = time.perf_counter()
         parent = None if model in ("scratch", "bundled") else ("default" if model == "from-bundled" else model.removeprefix("from:"))
-        cube = work / f"{real.name}.{_fingerprint(model, parent, run_settings)}.cube.zarr"  # one per spectrogram setting
+        reads = "default" if model == "bundled" else parent  # the bundle whose spectrogram the model reads
+        cube = work / f"{real.name}.{_fingerprint(reads, run_settings)}.cube.zarr"  # one per spectrogram setting
         if model == "bundled":
             grouped = dataset_from(species_to_groups(annotation_set))
             metrics = _evaluate_bundled(grouped, real.audio, run_settings.ingest, cube, client)
@@ -165,16 +166,14 @@ def run_set(real: RealSet, models: list[str], args, work: Path, client) -> list[
     return rows
 
 
-def _fingerprint(model: str, parent: str | None, run_settings) -> str:
-    """The spectrogram fingerprint a model of the benchmark reads: its parent's when fine-tuned
-    (a converted reference network has its own), the bundled model's, or the run's."""
+def _fingerprint(bundle: str | None, run_settings) -> str:
+    """The spectrogram fingerprint of a bundle (``"default"``: the bundled model's; a converted
+    reference network has its own), or the run's for a model trained from scratch."""
     from pipeline.model.bundle import DEFAULT_BUNDLE, load_bundle
 
-    if model == "bundled" or parent == "default":
-        return load_bundle(DEFAULT_BUNDLE).fingerprint
-    if parent is not None:
-        return load_bundle(parent).fingerprint
-    return run_settings.spectrogram.fingerprint()
+    if bundle is None:
+        return run_settings.spectrogram.fingerprint()
+    return load_bundle(DEFAULT_BUNDLE if bundle == "default" else bundle).fingerprint
 
 
 def _evaluate_bundled(dataset, audio: Path, ingest_settings, cube: Path, client) -> dict:

@@ -61,9 +61,12 @@ def fixed_layers(network) -> set[str]:
     return {layer.name for layer in network.layers if layer.weights and not layer.trainable}
 
 
-def _head(layer) -> dict:
-    config = layer.get_config()
-    return {key: config.get(key) for key in ("units", "activation")}
+def _units(layer):
+    return layer.get_config().get("units")
+
+
+def _head(layer) -> tuple:
+    return _units(layer), layer.get_config().get("activation")
 
 
 def _copy_with_head(network, head):
@@ -101,15 +104,13 @@ def transfer_weights(parent, networks: dict) -> dict[str, list[str]]:
         parent_network = parent.network(row)
         target = _layers_with_weights(network)
         if fixed_layers(parent_network) - fixed_layers(network):
-            parent_head = _layers_with_weights(parent_network)[-2:-1]  # the layer feeding the head
-            new_head = _layers_with_weights(network)[-2:-1]
-            if [layer.get_config().get("units") for layer in parent_head] != [layer.get_config().get("units") for layer in new_head]:
+            if _units(_layers_with_weights(parent_network)[-2]) != _units(target[-2]):  # the embedding
                 raise TrainingError(
                     f"--from {parent.path}: its {row} network's embedding differs from the new one's: give the "
                     f"same hyperparameters (--params) as the parent's"
                 )
             networks[row] = network = _copy_with_head(parent_network, target[-1])
-            new_layers[row] = [_layers_with_weights(network)[-1].name]
+            new_layers[row] = [network.layers[-1].name]
             continue
         source = _layers_with_weights(parent_network)
         if len(source) != len(target):
