@@ -5,13 +5,15 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.signal
 import soundfile
 
 from pipeline.annotations import AnnotationError, read_tadarida, select_calls
+from pipeline.annotations.tadarida import ELEMENT_GAP, join_elements
 
-#: Echolocation calls per species in ../shared/data/real/README.md (tadarida_rsdb).
+#: Echolocation elements per species in ../shared/data/README.md (tadarida_rsdb).
 README_BATS = {
     "Pipistrellus pipistrellus": 433, "Plecotus auritus": 79, "Myotis nattereri": 77, "Eptesicus serotinus": 45,
     "Pipistrellus kuhlii": 28, "Pipistrellus pygmaeus": 25, "Miniopterus schreibersii": 12,
@@ -27,8 +29,8 @@ def rsdb(real_data):
     return real_data / "tadarida_rsdb"
 
 
-def test_calls_per_species_match_the_readme(rsdb):
-    annotated = read_tadarida(rsdb)
+def test_elements_per_species_match_the_readme(rsdb):
+    annotated = read_tadarida(rsdb, element_gap=0)
     calls = annotated.calls
     assert annotated.source == "tadarida" and annotated.skipped == []
     bats = calls[calls["event"] == "echolocation"].groupby("class").size().to_dict()
@@ -44,6 +46,46 @@ def test_calls_per_species_match_the_readme(rsdb):
     # insects, birds and noise are negatives; nothing but the 8 species is ever a positive
     chosen = select_calls(annotated)
     assert set(chosen.loc[chosen["role"] == "positive", "class"]) == set(README_BATS)
+
+
+def test_elements_of_one_call_are_joined():
+    """Harmonics and echoes of one call become one row; the next call, other species, other kinds
+    of sound and unlabelled elements stay as they are."""
+    rows = [  # file, position, end, low, high, class, event
+        ("a", 0.100, 0.105, 42e3, 78e3, "Pip", "echolocation"),
+        ("a", 0.101, 0.104, 92e3, 105e3, "Pip", "echolocation"),  # second harmonic, 1 ms later
+        ("a", 0.108, 0.110, 45e3, 60e3, "Pip", "echolocation"),  # echo after 3 ms of silence
+        ("a", 0.102, 0.106, 30e3, 40e3, "Ept", "echolocation"),  # another bat at the same moment
+        ("a", 0.103, 0.104, 20e3, 30e3, "Cricket", "insect"),
+        ("a", 0.104, 0.105, np.nan, np.nan, None, "other"),  # unlabelled element
+        ("a", 0.170, 0.175, 43e3, 80e3, "Pip", "echolocation"),  # the next call
+        ("b", 0.106, 0.110, 43e3, 80e3, "Pip", "echolocation"),  # another recording
+    ]
+    calls = pd.DataFrame(rows, columns=["file", "position", "end", "low_freq", "high_freq", "class", "event"])
+    joined = join_elements(calls, ELEMENT_GAP)
+    pip = joined[(joined["class"] == "Pip") & (joined["file"] == "a")]
+    assert pip[["position", "end", "low_freq", "high_freq"]].values.tolist() == [[0.1, 0.11, 42e3, 105e3],
+                                                                                [0.17, 0.175, 43e3, 80e3]]
+    assert len(joined) == len(calls) - 2
+    assert joined.drop(index=pip.index).sort_values("position").reset_index(drop=True).equals(
+        calls.drop(index=[0, 1, 2, 6]).sort_values("position").reset_index(drop=True))
+    assert len(join_elements(calls, 0.002)) == len(calls) - 1  # the echo is a call of its own
+    assert join_elements(calls, 0).equals(calls)
+
+
+def test_the_real_sample_s_calls_cover_their_elements(rsdb):
+    calls, elements = read_tadarida(rsdb).calls, read_tadarida(rsdb, element_gap=0).calls
+    bats = calls[calls["event"] == "echolocation"]
+    assert (calls["event"] != "echolocation").sum() == (elements["event"] != "echolocation").sum()
+    assert len(bats) < (elements["event"] == "echolocation").sum()
+    for (name, species), group in elements[elements["event"] == "echolocation"].groupby(["file", "class"]):
+        joined = bats[(bats["file"] == name) & (bats["class"] == species)].sort_values("position")
+        silences = joined["position"].to_numpy()[1:] - joined["end"].cummax().to_numpy()[:-1]
+        assert (silences >= ELEMENT_GAP).all()  # no two calls of a species closer than the gap
+        for element in group.itertuples():  # each element inside exactly one call, in time and frequency
+            inside = joined[(joined["position"] <= element.position) & (joined["end"] >= element.end)
+                            & (joined["low_freq"] <= element.low_freq) & (joined["high_freq"] >= element.high_freq)]  # fmt: skip
+            assert len(inside) == 1
 
 
 def test_times_and_frequencies_are_real(rsdb):
@@ -76,9 +118,9 @@ def test_times_and_frequencies_are_real(rsdb):
 def test_time_expansion_single_file_and_species_list(rsdb, tmp_path):
     folder = rsdb / "RSDB_sample" / "20160822"
     eti = sorted((folder / "eti").glob("*.eti"))[0]
-    one = read_tadarida(eti)
+    one = read_tadarida(eti, element_gap=0)
     assert one.calls["file"].nunique() == 1 and one.calls["file"].iloc[0] == eti.stem
-    slow = read_tadarida(eti, time_expansion=10)
+    slow = read_tadarida(eti, time_expansion=10, element_gap=0)
     np.testing.assert_allclose(slow.calls["position"], one.calls["position"] / 10)
     np.testing.assert_allclose(slow.calls["high_freq"], one.calls["high_freq"] * 10)
     # Copied away from its species list: codes kept, and said so.
