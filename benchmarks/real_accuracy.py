@@ -25,6 +25,7 @@ detection AP, top-1 group accuracy, recall at a call score of 0.01.
     python benchmarks/real_accuracy.py                      # every set, every model
     python benchmarks/real_accuracy.py --sets tadarida_rsdb --models from-bundled --epochs 30
     python benchmarks/real_accuracy.py --leave-one-out --minutes 30 --work /tmp/loo
+    python benchmarks/real_accuracy.py --leave-one-out --work /tmp/loo --reuse   # test again, no training
 """
 
 from __future__ import annotations
@@ -246,8 +247,9 @@ def leave_one_out(args, work: Path, client) -> list[dict]:
                                  networks_csv=None if args.params is None else str(args.params),
                                  xgboost_csv=str(Path(recipe.HERE) / "default_xgboost.csv"), licence=licence)  # fmt: skip
         model = folder / "model"
-        train(dataset, folder / "audio", model, settings=settings, cube=folder / "cube.zarr", client=client,
-              progress=False)  # fmt: skip
+        if not (args.reuse and (model / "manifest.json").is_file()):
+            train(dataset, folder / "audio", model, settings=settings, cube=folder / "cube.zarr", client=client,
+                  progress=False)  # fmt: skip
         metrics, recall = scores_on(model, test, folder / "audio", folder / "cube.zarr", client)
         rows.append({**_row(name, f"recipe without {name}", metrics, [], n_test, time.perf_counter() - t0),
                      "recall@0.01": recall})  # fmt: skip
@@ -283,6 +285,8 @@ def main(argv=None) -> int:
     parser.add_argument("--leave-one-out", action="store_true", help="issue 16's benchmark (see above)")
     parser.add_argument("--minutes", type=float, default=30.0, help="--leave-one-out: simulated audio (default 30)")
     parser.add_argument("--hnm", type=int, default=1, help="--leave-one-out: hard negative mining rounds (default 1)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--leave-one-out: test the model already in --work/without-SET/model instead of training it")  # fmt: skip
     parser.add_argument("--params", type=Path, help="--leave-one-out: network hyperparameters (e.g. recipes/default_networks.csv)")
     args = parser.parse_args(argv)
     from distributed import Client, LocalCluster

@@ -23,7 +23,7 @@ Models (``batml convert`` makes each bundle from ``../shared/data/reference_mode
 
 Sets: ``annotated`` (``real/annotated``: 3 recordings, batdetect2 JSON; the calls labelled only
 "Bat" count for detection), ``tadarida`` (``real/tadarida_rsdb``, time-expanded x10: bat calls
-of the eti/ta labels; read by :func:`tadarida_set` below until batml's importer lands),
+of the eti/ta labels as batml's importer reads them, one row per call),
 ``simulated`` (the test split of ``batml simulate sim --minutes 10 --seed 3``). To add a set,
 add a function returning an :class:`EvaluationSet` to :data:`SETS` (soundClass's sqlite labels
 are left for its importer: their positions are not checked yet).
@@ -40,7 +40,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -87,7 +86,7 @@ def _group_class(species: str | None, groups: dict[str, str]) -> int:
 
 def annotated_set(args) -> EvaluationSet:
     """``real/annotated``: every echolocation event; "Bat"/"Unknown" ones have no group."""
-    from pipeline.io.annotations import species_groups
+    from pipeline.annotations.names import species_groups
 
     root, groups, rows = args.real / "annotated", species_groups(), []
     paths = {p.stem: p for p in sorted((root / "audio").glob("*.wav"))}
@@ -105,35 +104,23 @@ def annotated_set(args) -> EvaluationSet:
 
 
 def tadarida_set(args) -> EvaluationSet:
-    """``real/tadarida_rsdb``: the bat sounds of the eti labels, placed by the ta call table.
-
-    Interim reader for this benchmark (batml's importer replaces it): ``eti/<name>.eti``
-    (Latin-1, tab-separated: ``Cri``, ``Espece``, ``Type``) joined on the call number with
-    ``txt/<name>.ta`` (``CallNum``, ``StTime`` in ms, real time); a species code is a bat when
-    ``Sonotypes/SpeciesListComplete.csv`` says so. Every bat sound counts for detection
+    """``real/tadarida_rsdb`` as batml's importer reads it (:func:`pipeline.annotations.read_tadarida`:
+    the elements of one call joined into one call): every bat sound counts for detection
     (echolocation, buzz, social); echolocation calls of a species with a group for top-1.
     """
-    from pipeline.io.annotations import species_groups
+    from pipeline.annotations import read_tadarida
+    from pipeline.annotations.names import species_groups
 
-    root = args.real / "tadarida_rsdb"
-    folder = root / "RSDB_sample" / "20160822"
-    codes = {}
-    with open(root / "Sonotypes" / "SpeciesListComplete.csv", encoding="latin-1", newline="") as fh:
-        for row in csv.DictReader(fh, delimiter=";"):
-            codes[row["Esp"]] = (row["Scientific name"], row["Group"])
-    groups, rows = species_groups(), []
+    folder = args.real / "tadarida_rsdb" / "RSDB_sample" / "20160822"
+    calls = read_tadarida(folder).calls
+    bats = calls[calls["event"].isin(["echolocation", "buzz", "social"]) & calls["class"].notna()]
+    groups = species_groups()
+    classes = [_group_class(species, groups) if event == "echolocation" else 0
+               for species, event in zip(bats["class"], bats["event"])]  # fmt: skip
+    table = pd.DataFrame({"recording": [Path(f).name for f in bats["file"]], "position": bats["position"].to_numpy(),
+                          "class": classes})  # fmt: skip
     paths = {p.stem: p for p in sorted(folder.glob("*.wav"))}
-    for eti in sorted((folder / "eti").glob("*.eti")):
-        labels = pd.read_csv(eti, sep="\t", encoding="latin-1", index_col=False)
-        table = pd.read_csv(folder / "txt" / f"{eti.stem}.ta", sep="\t", usecols=["CallNum", "StTime"])
-        for _, call in labels.merge(table, left_on="Cri", right_on="CallNum").iterrows():
-            species, kind = codes.get(str(call["Espece"]), (None, None))
-            if kind != "bat":
-                continue
-            group = _group_class(species, groups) if call["Type"] == "echolo" else 0
-            rows.append((eti.stem, float(call["StTime"]) / 1000.0, group))
-    calls = pd.DataFrame(rows, columns=["recording", "position", "class"])
-    return EvaluationSet("tadarida", folder, paths, calls, 10.0, "GPL-3")
+    return EvaluationSet("tadarida", folder, paths, table, 10.0, "GPL-3")
 
 
 def simulated_set(args) -> EvaluationSet:

@@ -24,7 +24,7 @@ folder ``../shared/data/real/tadarida_rsdb`` and its README):
 **real** time and real frequency. Its ``SampleRate`` is 384000 and its ``FileDur`` is the header's
 duration divided by 10 (ratio 1.0000). Reading each WAV at 384 kHz, the energy in a bat call's
 ``Fmin..Fmax`` band during ``StTime..StTime + Dur`` (ms, real) is a median 2.08 times that band's
-mean over the recording (710 echolocation calls); read as header time (``StTime`` / 10) it is
+mean over the recording (710 echolocation elements); read as header time (``StTime`` / 10) it is
 0.10 times (no call there). The spectral peak of the labelled samples falls at each species'
 known frequency (kHz, real; median): Pipistrellus pipistrellus 47.7, P. pygmaeus 54.5,
 P. kuhlii 37.6, Myotis nattereri 50.2, Miniopterus schreibersii 49.8, Barbastella barbastellus
