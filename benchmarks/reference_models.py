@@ -125,13 +125,13 @@ def tadarida_set(args) -> EvaluationSet:
 
 def simulated_set(args) -> EvaluationSet:
     """The test split of ``batml simulate sim --minutes M --seed S``."""
+    from pipeline.annotations.dataset import read_dataset
     from pipeline.simulation.archive import simulate_archive
-    from pipeline.annotations import read_annotations
 
     root = args.work / f"sim-{args.sim_minutes:g}min-seed{args.sim_seed}"
     if not (root / "annotations.npz").exists():
         simulate_archive(root, minutes=args.sim_minutes, seed=args.sim_seed, progress=False)
-    test = read_annotations(root / "annotations.npz").test
+    test = read_dataset(root / "annotations.npz").test
     paths = {r.file: root / f"{r.file}.wav" for r in test}
     rows = [(r.file, float(p), int(c)) for r in test for p, c in zip(r.positions, r.classes)]
     calls = pd.DataFrame(rows, columns=["recording", "position", "class"])
