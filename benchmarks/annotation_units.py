@@ -44,7 +44,7 @@ def band_energy_ratio(power: np.ndarray, freqs: np.ndarray, times: np.ndarray, s
 
 
 def tadarida(data: Path) -> None:
-    annotated = read_tadarida(data / "tadarida_rsdb")
+    annotated = read_tadarida(data / "tadarida_rsdb", element_gap=0)  # the elements, as Tadarida-D detects them
     folder = data / "tadarida_rsdb" / "RSDB_sample" / "20160822"
     rows = []
     headers = []

@@ -247,11 +247,13 @@ def leave_one_out(args, work: Path, client) -> list[dict]:
                                  networks_csv=None if args.params is None else str(args.params),
                                  xgboost_csv=str(Path(recipe.HERE) / "default_xgboost.csv"), licence=licence)  # fmt: skip
         model = folder / "model"
-        if not (args.reuse and (model / "manifest.json").is_file()):
+        reused = args.reuse and (model / "manifest.json").is_file()
+        if not reused:
             train(dataset, folder / "audio", model, settings=settings, cube=folder / "cube.zarr", client=client,
                   progress=False)  # fmt: skip
         metrics, recall = scores_on(model, test, folder / "audio", folder / "cube.zarr", client)
-        rows.append({**_row(name, f"recipe without {name}", metrics, [], n_test, time.perf_counter() - t0),
+        label = f"recipe without {name}" + (" (reused: testing time only)" if reused else "")
+        rows.append({**_row(name, label, metrics, [], n_test, time.perf_counter() - t0),
                      "recall@0.01": recall})  # fmt: skip
         print(pd.DataFrame(rows[-2:]).to_string(index=False), file=sys.stderr)
     return rows
@@ -286,7 +288,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="--leave-one-out: simulated audio (default 30)")
     parser.add_argument("--hnm", type=int, default=1, help="--leave-one-out: hard negative mining rounds (default 1)")
     parser.add_argument("--reuse", action="store_true",
-                        help="--leave-one-out: test the model already in --work/without-SET/model instead of training it")  # fmt: skip
+                        help="--leave-one-out: test the model already in --work/without-SET/model instead of training "
+                        "it (whatever settings it was trained with)")  # fmt: skip
     parser.add_argument("--params", type=Path, help="--leave-one-out: network hyperparameters (e.g. recipes/default_networks.csv)")
     args = parser.parse_args(argv)
     from distributed import Client, LocalCluster

@@ -11,6 +11,7 @@ import scipy.signal
 import soundfile
 
 from pipeline.annotations import AnnotationError, read_tadarida, select_calls
+from pipeline.annotations.table import validate_calls
 from pipeline.annotations.tadarida import ELEMENT_GAP, join_elements
 
 #: Echolocation elements per species in ../shared/data/README.md (tadarida_rsdb).
@@ -48,34 +49,66 @@ def test_elements_per_species_match_the_readme(rsdb):
     assert set(chosen.loc[chosen["role"] == "positive", "class"]) == set(README_BATS)
 
 
+def _calls(rows):
+    columns = ["file", "position", "end", "low_freq", "high_freq", "class", "event"]
+    return validate_calls(pd.DataFrame(rows, columns=columns))
+
+
 def test_elements_of_one_call_are_joined():
     """Harmonics and echoes of one call become one row; the next call, other species, other kinds
     of sound and unlabelled elements stay as they are."""
-    rows = [  # file, position, end, low, high, class, event
+    calls = _calls([  # file, position, end, low, high, class, event
         ("a", 0.100, 0.105, 42e3, 78e3, "Pip", "echolocation"),
         ("a", 0.101, 0.104, 92e3, 105e3, "Pip", "echolocation"),  # second harmonic, 1 ms later
         ("a", 0.108, 0.110, 45e3, 60e3, "Pip", "echolocation"),  # echo after 3 ms of silence
         ("a", 0.102, 0.106, 30e3, 40e3, "Ept", "echolocation"),  # another bat at the same moment
         ("a", 0.103, 0.104, 20e3, 30e3, "Cricket", "insect"),
         ("a", 0.104, 0.105, np.nan, np.nan, None, "other"),  # unlabelled element
+        ("a", 0.104, 0.105, 40e3, 50e3, None, "echolocation"),  # a bat of unknown species: never joined
         ("a", 0.170, 0.175, 43e3, 80e3, "Pip", "echolocation"),  # the next call
         ("b", 0.106, 0.110, 43e3, 80e3, "Pip", "echolocation"),  # another recording
-    ]
-    calls = pd.DataFrame(rows, columns=["file", "position", "end", "low_freq", "high_freq", "class", "event"])
+    ])  # fmt: skip
     joined = join_elements(calls, ELEMENT_GAP)
+    assert (joined.dtypes == calls.dtypes).all()
     pip = joined[(joined["class"] == "Pip") & (joined["file"] == "a")]
     assert pip[["position", "end", "low_freq", "high_freq"]].values.tolist() == [[0.1, 0.11, 42e3, 105e3],
                                                                                 [0.17, 0.175, 43e3, 80e3]]
-    assert len(joined) == len(calls) - 2
-    assert joined.drop(index=pip.index).sort_values("position").reset_index(drop=True).equals(
-        calls.drop(index=[0, 1, 2, 6]).sort_values("position").reset_index(drop=True))
+    assert len(joined) == len(calls) - 2 and pip.index.tolist() == [0, 5]  # each call where its first element was
+    assert joined.drop(index=pip.index).equals(calls.drop(index=[0, 1, 2, 7]).reset_index(drop=True).set_axis(
+        joined.drop(index=pip.index).index))  # fmt: skip
     assert len(join_elements(calls, 0.002)) == len(calls) - 1  # the echo is a call of its own
     assert join_elements(calls, 0).equals(calls)
+    # the same rows in another order and with another index: the same calls
+    shuffled = calls.iloc[::-1].set_axis([5] * len(calls))
+    def in_order(table):
+        return table.sort_values(["file", "position", "event"]).reset_index(drop=True)
+
+    assert in_order(join_elements(shuffled, ELEMENT_GAP)).equals(in_order(joined))
+
+
+def test_silence_is_counted_from_the_call_s_latest_end():
+    calls = _calls([
+        ("a", 0.100, 0.120, 40e3, 50e3, "Myo", "echolocation"),  # a long element
+        ("a", 0.101, 0.102, 60e3, 70e3, "Myo", "echolocation"),  # a short one inside it
+        ("a", 0.105, 0.106, 60e3, 70e3, "Myo", "echolocation"),  # 3 ms after the short one, still inside
+        ("a", 0.123, np.nan, 40e3, 45e3, "Myo", "echolocation"),  # 3 ms after the long one, no end
+        ("a", 0.124, 0.126, 40e3, 45e3, "Myo", "echolocation"),  # 1 ms after the one without an end
+    ])  # fmt: skip
+    assert join_elements(calls, 0.002)[["position", "end"]].values.tolist() == [[0.1, 0.12], [0.123, 0.126]]
+    assert join_elements(calls, ELEMENT_GAP)[["position", "end"]].values.tolist() == [[0.1, 0.126]]
+    alone = join_elements(calls.iloc[[3]], ELEMENT_GAP)
+    assert np.isnan(alone["end"].iloc[0])  # a call whose every element lacks its end has none
+
+
+def test_a_negative_element_gap_is_refused(rsdb):
+    with pytest.raises(AnnotationError, match=r"element_gap=-0.001 must be a number of seconds >= 0"):
+        read_tadarida(rsdb, element_gap=-0.001)
 
 
 def test_the_real_sample_s_calls_cover_their_elements(rsdb):
     calls, elements = read_tadarida(rsdb).calls, read_tadarida(rsdb, element_gap=0).calls
     bats = calls[calls["event"] == "echolocation"]
+    assert len(bats) == 448 and (bats["class"] == "Pipistrellus pipistrellus").sum() == 274  # as the README says
     assert (calls["event"] != "echolocation").sum() == (elements["event"] != "echolocation").sum()
     assert len(bats) < (elements["event"] == "echolocation").sum()
     for (name, species), group in elements[elements["event"] == "echolocation"].groupby(["file", "class"]):
@@ -83,8 +116,9 @@ def test_the_real_sample_s_calls_cover_their_elements(rsdb):
         silences = joined["position"].to_numpy()[1:] - joined["end"].cummax().to_numpy()[:-1]
         assert (silences >= ELEMENT_GAP).all()  # no two calls of a species closer than the gap
         for element in group.itertuples():  # each element inside exactly one call, in time and frequency
-            inside = joined[(joined["position"] <= element.position) & (joined["end"] >= element.end)
-                            & (joined["low_freq"] <= element.low_freq) & (joined["high_freq"] >= element.high_freq)]  # fmt: skip
+            in_time = (joined["position"] <= element.position) & (joined["end"] >= element.end)
+            in_band = (joined["low_freq"] <= element.low_freq) & (joined["high_freq"] >= element.high_freq)
+            inside = joined[in_time & in_band]
             assert len(inside) == 1
 
 

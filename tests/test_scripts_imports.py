@@ -1,6 +1,7 @@
 """The benchmarks and recipes import what the package has: a name moved in ``pipeline`` and not in
 a script breaks it only when that line runs (often inside a function, after minutes of work), so
-every ``pipeline`` import of every script is resolved here without running the script."""
+every ``pipeline`` import of every script is resolved here without running the script. This
+checks names only: a function that now returns another type is found by running the script."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def test_the_script_s_pipeline_imports_resolve(script):
 
 def test_a_moved_name_is_found(tmp_path):
     script = tmp_path / "old.py"
-    script.write_text("def f():\n    from pipeline.io.annotations import species_groups\n    from pipeline import open_model\n")
+    script.write_text(
+        "def f():\n    from pipeline.io.annotations import species_groups\n    from pipeline import open_model\n"
+    )
     found = pipeline_imports(script)
     assert found == [(2, "pipeline.io.annotations", "species_groups"), (3, "pipeline", "open_model")]
     assert missing(*found[0][1:]) == "pipeline.io.annotations has no species_groups"

@@ -94,6 +94,7 @@ def read_dataset(
     class_names: str | os.PathLike | None = None,
     species_column: str | None = None,
     species_list: str | os.PathLike | None = None,
+    element_gap: float | None = None,
     annotated_windows: str | os.PathLike | None = None,
     non_echolocation: str = "negative",
     detection_only: bool = False,
@@ -114,6 +115,9 @@ def read_dataset(
         Names of integer classes 1..K, one per line (CSV and ``.npz``).
     species_column, species_list
         Raven's species column (AOEF: the tag key); Tadarida's species list.
+    element_gap : float, optional
+        Tadarida: silence (s) below which the echolocation elements of one species are one call
+        (default: :data:`pipeline.annotations.tadarida.ELEMENT_GAP`; 0 keeps the elements).
     annotated_windows : path or ``"extent"``, optional
         A CSV of the annotated windows (``file, start, end``, s; overrides the source's), or
         ``"extent"`` to take each Raven table's extent as its window.
@@ -138,6 +142,7 @@ def read_dataset(
     options = {
         "time_expansion": time_expansion, "species_column": species_column, "species_list": species_list,
         "class_names": class_names, "trust": True if trust_npz else None, "extent_as_window": True if extent else None,
+        "element_gap": element_gap,
     }  # fmt: skip
     annotation_set = read_annotations(path, format=format, **options)
     windows = None

@@ -38,16 +38,17 @@ The labels are on the calls Tadarida's detector found: a faint call it missed ha
 
 **A ``.ta`` row is a sound element, not a call.** Tadarida-D cuts each harmonic, fragment and
 echo of a call into its own element, and the ``.eti`` labels each one. On ``tadarida_rsdb``,
-175 of the 710 echolocation elements begin less than 5 ms after the end of (or inside) an
-element of the same species: a P. pipistrellus element at 42-78 kHz with another at
-92-105 kHz 1 ms later (its second harmonic), or two overlapping Myotis nattereri elements. The
-next silence lengths are bimodal: 8 elements follow 5-20 ms of silence, 422 follow 20 ms or
-more (the inter-pulse interval of search calls, 50-100 ms). Counted as calls, the elements of one
+262 of the 710 echolocation elements begin less than 5 ms after the end of (or inside) the
+elements of the same species before them: a P. pipistrellus element at 42-78 kHz with another
+at 92-105 kHz 1 ms later (its second harmonic), or two overlapping Myotis nattereri elements.
+The silences before the others are far longer: 8 elements follow 5-20 ms of silence, 422 follow
+20 ms or more (median 72 ms, between search calls). Counted as calls, the elements of one
 call cannot all be found by a detector that reports one event per call (the every-peak recall of
 the bundled model was 0.632 with elements, 0.942 with joined calls). So :func:`read_tadarida`
 joins the echolocation elements of one species separated by less than ``element_gap``
 (default :data:`ELEMENT_GAP`, 5 ms of silence, real time) into one call: its first start, its
-last end, its lowest and highest frequency. ``element_gap=0`` keeps Tadarida's elements.
+last end, its lowest and highest frequency (so its ``end - position`` spans the echoes too:
+it is not the call's duration). ``element_gap=0`` keeps Tadarida's elements.
 """
 
 from __future__ import annotations
@@ -152,24 +153,28 @@ def join_elements(calls: pd.DataFrame, gap: float = ELEMENT_GAP) -> pd.DataFrame
         its first start, ``end`` its last end, ``low_freq`` / ``high_freq`` the lowest and highest
         of its elements; other rows (other kinds of sound, unlabelled elements) unchanged.
     """
+    calls = calls.reset_index(drop=True)
     if gap <= 0 or calls.empty:
         return calls
     bats = calls[(calls["event"] == "echolocation") & calls["class"].notna()].sort_values("position", kind="stable")
     call_of = pd.Series(np.arange(len(calls)), index=calls.index)
     for _, elements in bats.groupby(["file", "class"], sort=False):
         end = elements["end"].fillna(elements["position"]).cummax().shift().to_numpy()
-        starts_call = ~(elements["position"].to_numpy() - end < gap)  # the first element: NaN, a new call
+        starts_call = ~(elements["position"].to_numpy() - end < gap)  # True for the first element (NaN)
         first = elements.index.to_numpy()[np.maximum.accumulate(np.where(starts_call, np.arange(len(elements)), 0))]
         call_of[elements.index] = call_of[first].to_numpy()
     if (call_of.to_numpy() == np.arange(len(calls))).all():
         return calls
-    grouped = calls.groupby(call_of.to_numpy(), sort=True)
-    out = grouped.first()
+    key = call_of.to_numpy()
+    grouped = calls.groupby(key, sort=True)
+    firsts = grouped.nth(0)  # the rows in table order; set on the call's key (its first element in time)
+    out = firsts.set_axis(key[firsts.index.to_numpy()])
     out["position"] = grouped["position"].min()
-    out["end"] = grouped["end"].max()
+    known_end = grouped["end"].count() > 0  # an element without an end ends where it starts
+    out["end"] = calls["end"].fillna(calls["position"]).groupby(key).max().where(known_end)
     out["low_freq"] = grouped["low_freq"].min()
     out["high_freq"] = grouped["high_freq"].max()
-    return out[calls.columns].reset_index(drop=True)
+    return out[calls.columns].sort_index().reset_index(drop=True)
 
 
 def _recording_calls(eti: Path, ta: Path, name: str, species: dict | None, strict: bool,
@@ -262,14 +267,15 @@ def read_tadarida(
     AnnotationSet
         ``source="tadarida"``; one row per ``.eti`` row (class = scientific name, kind of sound
         from the species' group, and for bats from ``Type``), the echolocation elements of one
-        call joined, plus one ``other`` row per detected call without a label; ``windows`` the whole recordings (0 to ``FileDur``),
-        those without any label included; ``classes`` None.
+        call joined, plus one ``other`` row per detected call without a label; ``windows`` the
+        whole recordings (0 to ``FileDur``), those without any label included; ``classes`` None.
 
     Raises
     ------
     AnnotationError
         One line naming the file, the line and the reason: a missing column, a time that is not
-        a number, a call number the ``.ta`` lacks, an unknown code (when ``strict``).
+        a number, a call number the ``.ta`` lacks, an unknown code (when ``strict``); a negative
+        ``element_gap``.
     """
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".eti":
@@ -280,6 +286,8 @@ def read_tadarida(
             raise AnnotationError(f"{path}: no Tadarida labels (eti/<name>.eti) in this folder")
     else:
         raise AnnotationError(f"{path}: not found, or not a folder or an .eti file")
+    if not (math.isfinite(element_gap) and element_gap >= 0):
+        raise AnnotationError(f"{path}: element_gap={element_gap} must be a number of seconds >= 0")
     species_path = Path(species_list) if species_list is not None else find_species_list(path)
     species = read_species_list(species_path) if species_path is not None else None
     skipped = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.options import EXIT_OK, EXIT_SOME_FAILED, add_cluster_options
+from pipeline.cli.options import ELEMENT_GAP_HELP, EXIT_OK, EXIT_SOME_FAILED, add_cluster_options
 
 
 def _convert_reference(args) -> int:
@@ -52,6 +52,7 @@ def run(args) -> int:
         time_expansion=args.time_expansion,
         species_column=args.species_column,
         species_list=args.species_list,
+        element_gap=args.element_gap,
         trust=True if args.trust_npz else None,
     )
     calls = annotation_set.calls
@@ -124,6 +125,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="Tadarida: its SpeciesListComplete.csv (default: found beside the data); "
         "npz/CSV with integer classes: a names file, one class name per line",
     )
+    p.add_argument("--element-gap", type=float, default=None, metavar="S", help=ELEMENT_GAP_HELP)
     p.add_argument("--trust-npz", action="store_true", help="allow pickle in the .npz (only for files you trust)")
     g = p.add_argument_group("reference weights (.npy)")
     g.add_argument("--thresholds", metavar="T.npy", help="the reference's per-class thresholds (percent) of these weights")

@@ -92,6 +92,13 @@ def add_dataset_options(p: argparse.ArgumentParser, *, positional: bool = True) 
     add_annotation_options(p)
 
 
+#: ``--element-gap``'s help, in ``batml train`` / ``evaluate`` and ``batml convert``.
+ELEMENT_GAP_HELP = (
+    "Tadarida: silence (s) below which the echolocation elements of one species (harmonics, fragments, echoes: "
+    "Tadarida detects each apart) are one call; default 0.005; 0 keeps Tadarida's elements"
+)
+
+
 def add_annotation_options(p: argparse.ArgumentParser) -> None:
     """How to read annotations: the options of :func:`pipeline.annotations.dataset.read_dataset`."""
     from pipeline.annotations.dataset import RAVEN_EXTENT
@@ -109,6 +116,7 @@ def add_annotation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-names", type=Path, metavar="FILE", help="names of integer classes 1..K, one per line")
     g.add_argument("--species-column", metavar="NAME", help="Raven: the species column; AOEF: the species tag key")
     g.add_argument("--species-list", type=Path, metavar="FILE", help="Tadarida: its species list (SpeciesListComplete.csv)")
+    g.add_argument("--element-gap", type=float, metavar="S", help=ELEMENT_GAP_HELP)
     g.add_argument(
         "--annotated-windows", metavar=f"CSV|{RAVEN_EXTENT}",
         help="the parts of the recordings that were annotated (CSV: file,start,end in s), or 'extent' for each "
@@ -130,7 +138,7 @@ def dataset_options(args) -> dict:
     """The keywords of :func:`pipeline.annotations.dataset.read_dataset` from the options."""
     return {
         "format": args.format, "time_expansion": args.annotation_time_expansion, "class_names": args.class_names,
-        "species_column": args.species_column, "species_list": args.species_list,
+        "species_column": args.species_column, "species_list": args.species_list, "element_gap": args.element_gap,
         "annotated_windows": args.annotated_windows, "non_echolocation": args.non_echolocation,
         "detection_only": args.detection_only,
     }  # fmt: skip
