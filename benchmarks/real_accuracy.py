@@ -244,7 +244,7 @@ def leave_one_out(args, work: Path, client) -> list[dict]:
         rows.append({**_row(name, "bundled model", metrics, [], n_test, time.perf_counter() - t0), "recall@0.01": recall})
         t0 = time.perf_counter()
         settings = TrainSettings(model_type=args.model_type, epochs=args.epochs, seed=args.seed, hnm_rounds=args.hnm,
-                                 networks_csv=None if args.params is None else str(args.params),
+                                 networks_csv=None if args.params is None else str(args.params), parent=args.parent,
                                  xgboost_csv=str(Path(recipe.HERE) / "default_xgboost.csv"), licence=licence)  # fmt: skip
         model = folder / "model"
         reused = args.reuse and (model / "manifest.json").is_file()
@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--leave-one-out", action="store_true", help="issue 16's benchmark (see above)")
     parser.add_argument("--minutes", type=float, default=30.0, help="--leave-one-out: simulated audio (default 30)")
     parser.add_argument("--hnm", type=int, default=1, help="--leave-one-out: hard negative mining rounds (default 1)")
+    parser.add_argument("--from", dest="parent", type=Path,
+                        help="--leave-one-out: the recipe fine-tunes this bundle (e.g. a converted reference network)")
     parser.add_argument("--reuse", action="store_true",
                         help="--leave-one-out: test the model already in --work/without-SET/model instead of training "
                         "it (whatever settings it was trained with)")  # fmt: skip
