@@ -412,6 +412,21 @@ def test_transfer_weights_copies_a_converted_network_with_the_new_head(n_classes
     )
 
 
+def test_no_onnx_graph_is_built_without_the_frequency_flip():
+    """A converted network's graph would leave its flip out (its windows read upside down):
+    every graph builder refuses it, and detection keeps it in Keras."""
+    from pipeline.model.export import export_refusal, runtime_graphs, strip_graph, window_graph
+
+    shapes = reference.weight_shapes("cnn8")
+    rng = np.random.default_rng(1)
+    published = reference.reference_network([rng.normal(0, 0.05, s).astype(np.float32) for s in shapes], "cnn8")
+    reason = export_refusal(published)
+    assert reason is not None and "Permute" in reason
+    for build in (window_graph, runtime_graphs, strip_graph):
+        with pytest.raises(ValueError, match="layers the ONNX export does not rebuild"):
+            build(published)
+
+
 def test_transfer_weights_refuses_a_converted_detector_for_a_cnn8(tmp_path):
     import types
 

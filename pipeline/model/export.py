@@ -122,9 +122,15 @@ def window_graph(network):
     onnx.ModelProto
         Input ``windows`` float32 ``(b, rows, width, 1)``; outputs ``probabilities``
         ``(b, n_outputs)`` (the network's head) and ``embedding`` ``(b, units)``.
+
+    Raises
+    ------
+    ValueError
+        When the network has layers the graph would not rebuild (:func:`export_refusal`).
     """
     from onnx import TensorProto, helper
 
+    _refuse_unexportable(network)
     plan = network_geometry(network)
     graph = _Graph()
     x = graph.node("Transpose", [WINDOWS], perm=[0, 3, 1, 2])
@@ -189,10 +195,12 @@ def strip_graph(network, stride: int = 1):
     Raises
     ------
     ValueError
-        When the network pads along time, or ``stride`` is not one of :func:`strip_strides`.
+        When the network pads along time, or ``stride`` is not one of :func:`strip_strides`, or
+        it has layers the graph would not rebuild (:func:`export_refusal`).
     """
     from onnx import TensorProto, helper
 
+    _refuse_unexportable(network)
     plan = network_geometry(network)
     if not plan.valid_time:
         raise ValueError(
@@ -272,6 +280,14 @@ def export_refusal(network) -> str | None:
     return None
 
 
+def _refuse_unexportable(network) -> None:
+    """Raise :func:`export_refusal`'s reason as a ValueError, rather than build a graph that
+    leaves a layer out."""
+    refusal = export_refusal(network)
+    if refusal:
+        raise ValueError(refusal)
+
+
 #: The name of a runtime graph in a bundle: ``windows`` (:func:`window_graph`) or ``strip<k>``
 #: (:func:`strip_graph` at stride ``k``).
 WINDOW_VARIANT = "windows"
@@ -293,9 +309,7 @@ def runtime_graphs(network) -> dict:
     ValueError
         When the network cannot be exported (:func:`export_refusal`).
     """
-    refusal = export_refusal(network)
-    if refusal:
-        raise ValueError(refusal)
+    _refuse_unexportable(network)
     graphs = {WINDOW_VARIANT: window_graph(network)}
     if network_geometry(network).valid_time:
         for stride in strip_strides(network):
