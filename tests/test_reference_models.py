@@ -412,19 +412,32 @@ def test_transfer_weights_copies_a_converted_network_with_the_new_head(n_classes
     )
 
 
-def test_no_onnx_graph_is_built_without_the_frequency_flip():
-    """A converted network's graph would leave its flip out (its windows read upside down):
-    every graph builder refuses it, and detection keeps it in Keras."""
-    from pipeline.model.export import export_refusal, runtime_graphs, strip_graph, window_graph
+def test_the_onnx_graph_of_a_converted_network_reverses_its_frequencies():
+    """The graphs detection and ``batml export`` run rebuild a converted network's frequency flip:
+    the graph equals the Keras network; a flip that is not exactly a reversal is refused rather
+    than left out."""
+    import keras
+
+    from pipeline.model.export import export_refusal, window_graph
+    from pipeline.model.runtime import NetworkRuntime
 
     shapes = reference.weight_shapes("cnn8")
     rng = np.random.default_rng(1)
     published = reference.reference_network([rng.normal(0, 0.05, s).astype(np.float32) for s in shapes], "cnn8")
-    reason = export_refusal(published)
-    assert reason is not None and "Permute" in reason
-    for build in (window_graph, runtime_graphs, strip_graph):
-        with pytest.raises(ValueError, match="layers the ONNX export does not rebuild"):
-            build(published)
+    assert export_refusal(published) is None
+    windows = rng.gamma(1.0, 0.5, (6, 130, 20, 1)).astype(np.float32)
+    windows[:, :40] *= 4  # low frequencies loud: reading them upside down changes the scores
+    head, embedding = NetworkRuntime(window_graph(published)).embed(windows)
+    keras_embedding = keras.Model(published.input, published.get_layer("embedding").output)(windows).numpy()
+    np.testing.assert_allclose(head, published(windows).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedding, keras_embedding, rtol=1e-4, atol=1e-4)
+    unflipped, _ = NetworkRuntime(window_graph(published)).embed(windows[:, ::-1].copy())
+    assert np.abs(unflipped - head).max() > 1e-3  # the flip matters for these windows
+
+    published.get_layer(reference.FLIP_LAYER).set_weights([np.eye(130, dtype=np.float32)])
+    assert "is not a reversal" in export_refusal(published)
+    with pytest.raises(ValueError, match="is not a reversal"):
+        window_graph(published)
 
 
 def test_transfer_weights_refuses_a_converted_detector_for_a_cnn8(tmp_path):

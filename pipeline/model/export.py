@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.model.dense_scoring import NetworkGeometry, network_geometry
+from pipeline.model.reference import FLIP_LAYER
 
 #: The ONNX opset the graphs use (MaxPool with dilations needs 10 or later).
 OPSET = 17
@@ -134,6 +135,7 @@ def window_graph(network):
     plan = network_geometry(network)
     graph = _Graph()
     x = graph.node("Transpose", [WINDOWS], perm=[0, 3, 1, 2])
+    x = _frequency_flip(graph, network, plan, x, axis=2)
     for i, block in enumerate(plan.blocks, start=1):
         weights, bias = _conv_weights(network.get_layer(f"conv_{i}"))
         pads = [block.frequency_padding[0], block.time_padding[0], block.frequency_padding[1], block.time_padding[1]]
@@ -211,6 +213,7 @@ def strip_graph(network, stride: int = 1):
         raise ValueError(f"{network.name}: stride {stride} is not one of {strip_strides(network)}")
     graph = _Graph()
     x = graph.node("Reshape", [STRIP, graph.constant("nchw", np.array([1, 1, plan.rows, -1], np.int64))])
+    x = _frequency_flip(graph, network, plan, x, axis=2)
     # The map holds every `step`-th strip column; a window's time position j of the current layer
     # lies `spacing` = (product of the time pools so far) strip columns after position j - 1,
     # that is `spacing // step` map columns: the dilation of the next time kernel.
@@ -259,14 +262,19 @@ EXPORTABLE_LAYERS = ("InputLayer", "ZeroPadding2D", "Conv2D", "MaxPooling2D", "D
 def export_refusal(network) -> str | None:
     """Why a network cannot be exported to the graphs of this module (None: it can).
 
-    The graphs rebuild the CNNs of :func:`pipeline.model.cnn.build_cnn` layer by layer, so any
-    other layer (the reference system's frequency flip, a ResNet's batch normalisation...) or a
-    convolution whose activation is not ReLU would be silently dropped: such networks are
-    refused, and detection runs them in Keras.
+    The graphs rebuild the CNNs of :func:`pipeline.model.cnn.build_cnn` layer by layer, plus the
+    frequency reversal the converted reference networks begin with (:func:`has_frequency_flip`);
+    any other layer (a ResNet's batch normalisation...) or a convolution whose activation is not
+    ReLU would be silently dropped: such networks are refused, and detection runs them in Keras.
     """
     if not hasattr(network, "layers") or not hasattr(network, "get_layer"):
         return f"{type(network).__name__} is not a Keras network"
-    other = sorted({type(layer).__name__ for layer in network.layers} - set(EXPORTABLE_LAYERS))
+    try:
+        flip = has_frequency_flip(network)
+    except ValueError as exc:
+        return str(exc)
+    layers = [layer for layer in network.layers if not (flip and layer.name in FLIP_LAYERS)]
+    other = sorted({type(layer).__name__ for layer in layers} - set(EXPORTABLE_LAYERS))
     if other:
         return f"{network.name} has layers the ONNX export does not rebuild ({', '.join(other)})"
     for layer in network.layers:
@@ -278,6 +286,38 @@ def export_refusal(network) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+#: The layers of the converted reference networks' frequency reversal
+#: (:func:`pipeline.model.reference.reference_network`): a Permute, a constant Dense, a Permute.
+FLIP_LAYERS = (f"{FLIP_LAYER}_in", FLIP_LAYER, f"{FLIP_LAYER}_out")
+
+
+def has_frequency_flip(network) -> bool:
+    """Whether the network begins by reversing its windows' frequency axis (a converted reference
+    network, or one fine-tuned from it), with the flip layers exactly a reversal."""
+    names = [layer.name for layer in network.layers]
+    if not any(name in names for name in FLIP_LAYERS):
+        return False
+    flip = network.get_layer(FLIP_LAYER) if FLIP_LAYER in names else None
+    if not all(name in names for name in FLIP_LAYERS) or flip.get_config().get("use_bias", True):
+        raise ValueError(f"{network.name}: its frequency flip is incomplete")
+    (weights,) = flip.get_weights()
+    rows = weights.shape[0]
+    if not np.array_equal(weights, np.eye(rows, dtype=weights.dtype)[::-1]):
+        raise ValueError(f"{network.name}: its {FLIP_LAYERS[1]} layer is not a reversal")
+    dims = tuple(tuple(network.get_layer(name).get_config()["dims"]) for name in (FLIP_LAYERS[0], FLIP_LAYERS[2]))
+    if dims != ((2, 3, 1), (3, 1, 2)):
+        raise ValueError(f"{network.name}: its frequency flip does not act on the frequency axis")
+    return True
+
+
+def _frequency_flip(graph: _Graph, network, plan: NetworkGeometry, x: str, axis: int) -> str:
+    """``x`` with its frequency axis reversed where the network does so (:func:`has_frequency_flip`)."""
+    if not has_frequency_flip(network):
+        return x
+    order = graph.constant("frequency_reversal", np.arange(plan.rows - 1, -1, -1, dtype=np.int64))
+    return graph.node("Gather", [x, order], axis=axis)
 
 
 def _refuse_unexportable(network) -> None:

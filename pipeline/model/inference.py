@@ -17,9 +17,11 @@ Keras. :func:`runtime_graphs` finds the graphs of a bundle's network:
 bytes of graphs held in memory), a few hundred bytes. A worker opens it with
 :meth:`RuntimeGraphs.open`, checking every checksum, on ONNX Runtime with its own thread count.
 
-Models whose network the export does not rebuild (two-stage models, ResNets, the reference
-system's frequency-flipped networks: :func:`pipeline.model.export.export_refusal`) have no
-graphs: :func:`runtime_graphs` returns None and detection runs them in Keras.
+Models whose network the export does not rebuild (two-stage models, ResNets:
+:func:`pipeline.model.export.export_refusal`) have no graphs, and neither have the bundles
+``batml convert`` makes: :func:`runtime_graphs` returns None and detection runs them in Keras. A
+model trained ``--from`` a converted reference network has graphs: they rebuild its frequency
+flip (:func:`pipeline.model.export.has_frequency_flip`).
 """
 
 from __future__ import annotations

@@ -391,11 +391,11 @@ def reference_network(weights: Sequence[np.ndarray], kind: str | None = None) ->
     core.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
     rows, columns, channels = core.input_shape[1:]
     inputs = keras.Input(shape=(rows, columns, channels), name="spectrogram")
-    x = keras.layers.Permute((2, 3, 1), name="frequency_flip_in")(inputs)  # (columns, channels, rows)
+    x = keras.layers.Permute((2, 3, 1), name=f"{FLIP_LAYER}_in")(inputs)  # (columns, channels, rows)
     flip = keras.layers.Dense(rows, use_bias=False, trainable=False, name=FLIP_LAYER)
     x = flip(x)
     flip.set_weights([reversal(rows)])  # exact: each output is one input times 1, plus zeros
-    x = keras.layers.Permute((3, 1, 2), name="frequency_flip_out")(x)  # back to (rows, columns, channels)
+    x = keras.layers.Permute((3, 1, 2), name=f"{FLIP_LAYER}_out")(x)  # back to (rows, columns, channels)
     copies = []
     for layer in core.layers[1:]:  # batml's layers, in order (fresh copies: each called once)
         copies.append((type(layer).from_config(layer.get_config()), layer))
