@@ -26,9 +26,9 @@ function, :func:`validate_calls`:
 
 Two rows at one position stay two rows (two species calling at once); a reader never merges
 them. (The Tadarida reader joins the elements of one call of one species, which Tadarida's
-detector splits: :func:`pipeline.annotations.tadarida.join_elements`.) ``windows`` has the columns of :data:`WINDOW_COLUMNS`: ``file``, ``start``, ``end`` (s,
-real) and ``split`` (as in ``calls``); ``None`` means that every recording listed in ``calls``
-was annotated whole.
+detector splits: :func:`pipeline.annotations.tadarida.join_elements`.) ``windows`` has the
+columns of :data:`WINDOW_COLUMNS`: ``file``, ``start``, ``end`` (s, real) and ``split`` (as in
+``calls``); ``None`` means that every recording listed in ``calls`` was annotated whole.
 
 **Kinds of sound** (:data:`EVENTS`): ``echolocation`` (a bat's search or approach call),
 ``buzz`` (feeding buzz), ``social`` (bat social call), ``insect``, ``bird``, ``noise``

@@ -157,15 +157,14 @@ def join_elements(calls: pd.DataFrame, gap: float = ELEMENT_GAP) -> pd.DataFrame
     if gap <= 0 or calls.empty:
         return calls
     bats = calls[(calls["event"] == "echolocation") & calls["class"].notna()].sort_values("position", kind="stable")
-    call_of = pd.Series(np.arange(len(calls)), index=calls.index)
+    key = np.arange(len(calls))  # each row's call: the row of its first element in time
     for _, elements in bats.groupby(["file", "class"], sort=False):
         end = elements["end"].fillna(elements["position"]).cummax().shift().to_numpy()
         starts_call = ~(elements["position"].to_numpy() - end < gap)  # True for the first element (NaN)
         first = elements.index.to_numpy()[np.maximum.accumulate(np.where(starts_call, np.arange(len(elements)), 0))]
-        call_of[elements.index] = call_of[first].to_numpy()
-    if (call_of.to_numpy() == np.arange(len(calls))).all():
+        key[elements.index.to_numpy()] = first
+    if (key == np.arange(len(calls))).all():
         return calls
-    key = call_of.to_numpy()
     grouped = calls.groupby(key, sort=True)
     firsts = grouped.nth(0)  # the rows in table order; set on the call's key (its first element in time)
     out = firsts.set_axis(key[firsts.index.to_numpy()])

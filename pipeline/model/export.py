@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.model.dense_scoring import NetworkGeometry, network_geometry
-from pipeline.model.reference import FLIP_LAYER
+from pipeline.model.reference import FLIP_LAYER, reversal
 
 #: The ONNX opset the graphs use (MaxPool with dilations needs 10 or later).
 OPSET = 17
@@ -303,8 +303,7 @@ def has_frequency_flip(network) -> bool:
     if not all(name in names for name in FLIP_LAYERS) or flip.get_config().get("use_bias", True):
         raise ValueError(f"{network.name}: its frequency flip is incomplete")
     (weights,) = flip.get_weights()
-    rows = weights.shape[0]
-    if not np.array_equal(weights, np.eye(rows, dtype=weights.dtype)[::-1]):
+    if not np.array_equal(weights, reversal(weights.shape[0])):
         raise ValueError(f"{network.name}: its {FLIP_LAYERS[1]} layer is not a reversal")
     dims = tuple(tuple(network.get_layer(name).get_config()["dims"]) for name in (FLIP_LAYERS[0], FLIP_LAYERS[2]))
     if dims != ((2, 3, 1), (3, 1, 2)):
