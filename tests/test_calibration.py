@@ -123,19 +123,23 @@ def test_events_report_the_calibrated_score_and_the_threshold_is_in_its_units(fi
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def calibrated_bundle(tmp_path_factory, fitted):
-    """The bundled model's networks and boosters saved again with ``fitted`` as calibration."""
+def _resaved_default(folder: Path, calibration: ScoreCalibration | None) -> Path:
+    """The bundled model's networks and boosters saved again with ``calibration`` (None: the raw score)."""
     from pipeline.model.bundle import DEFAULT_BUNDLE, load_bundle, save_bundle
 
     default = load_bundle(DEFAULT_BUNDLE)
-    out = save_bundle(
-        tmp_path_factory.mktemp("calibrated") / "model", architecture=default.architecture,
+    return save_bundle(
+        folder / "model", architecture=default.architecture,
         classes=default.classes, networks={"cnn_8": default.network("cnn_8")}, boosters=default.boosters(),
         thresholds={**default.thresholds, "detection": 0.3}, spectrogram=default.spectrogram,
-        training={}, metrics={}, params={}, calibration=fitted,
+        training={}, metrics={}, params={}, calibration=calibration,
     )  # fmt: skip
-    return out
+
+
+@pytest.fixture(scope="module")
+def calibrated_bundle(tmp_path_factory, fitted):
+    """The bundled model's networks and boosters saved again with ``fitted`` as calibration."""
+    return _resaved_default(tmp_path_factory.mktemp("calibrated"), fitted)
 
 
 def test_the_calibration_round_trips_through_the_bundle(calibrated_bundle, fitted):
@@ -162,11 +166,12 @@ def test_a_hand_edited_calibration_that_is_not_monotone_is_refused(calibrated_bu
     assert "\n" not in str(caught.value)
 
 
-def test_model_detect_reports_the_calibrated_score(calibrated_bundle, fitted, real_data):
+def test_model_detect_reports_the_calibrated_score(calibrated_bundle, fitted, real_data, tmp_path):
     import pipeline
 
     recording = real_data / "annotated" / "audio" / "20180627_215323-RHIFER-LR_0_0.5.wav"
-    raw = pipeline.open_model(thresholds={"detection": 0.0}).detect(recording)
+    uncalibrated = _resaved_default(tmp_path, None)
+    raw = pipeline.open_model(uncalibrated, thresholds={"detection": 0.0}).detect(recording)
     calibrated = pipeline.open_model(calibrated_bundle, thresholds={"detection": 0.0}).detect(recording)
     assert len(raw) > 5
     pd.testing.assert_frame_equal(calibrated.drop(columns="score"), raw.drop(columns="score"))
@@ -178,7 +183,7 @@ def test_model_detect_reports_the_calibrated_score(calibrated_bundle, fitted, re
 
 
 # ------------------------------------------------------------------------------------------
-# Real audio with the bundled model (uncalibrated: the identity)
+# Real audio with the bundled model
 # ------------------------------------------------------------------------------------------
 
 
@@ -191,7 +196,7 @@ def test_a_low_threshold_gives_more_calls_than_the_default_on_real_audio(real_da
     default = model.detect(files)
     low = pipeline.open_model(thresholds={"detection": 0.01}).detect(files)
     assert len(low) > len(default) > 0
-    assert low["score"].min() < 0.5 <= model.thresholds["detection"] <= default["score"].min()
+    assert low["score"].min() < 0.5 and 0.01 < model.thresholds["detection"] <= default["score"].min()
     # The default's calls are the low threshold's calls whose score reaches the default.
     strong = low[low["score"] >= model.thresholds["detection"]].reset_index(drop=True)
     pd.testing.assert_frame_equal(strong, default, check_like=False)

@@ -78,8 +78,9 @@ def test_the_export_holds_the_model_in_plain_files(exported):
     assert model["classes"][:2] == ["Barbarg", "Envsp"] and model["network"]["precision"] == "float"
     assert model["detection"]["booster_margin"] is None and model["detection"]["booster_gate"] == 0.01
     assert model["detection"]["scan_stride"] == 4
-    assert "Terms of use of this model: none recorded" in (folder / "README.txt").read_text()
-    assert "CC BY-NC 4.0" in (folder / "README.txt").read_text()  # the bundled model's training recordings
+    readme = (folder / "README.txt").read_text()
+    assert f"Terms of use of this model: {model['licence']}\n" in readme  # the bundled model's, from its manifest
+    assert "research use only" in readme and "CC BY-NC 4.0" in readme  # its parent network's and its recordings'
     with np.load(folder / "boosters.npz", allow_pickle=False) as arrays:  # plain numbers, no pickle
         assert {"b0_left", "b7_value", "b3_base_margin"} <= set(arrays.files)
         assert all(arrays[k].dtype != object for k in arrays.files)
@@ -97,7 +98,7 @@ def test_boosters_as_flat_arrays_equal_xgboost(real_data):
     for booster in bundle.boosters().values():
         expected = booster.inplace_predict(embedding)
         got = forest_probabilities(booster_arrays(booster), embedding)
-        assert np.ptp(expected) > 0.1
+        assert len(np.unique(expected)) > 100  # the embeddings take many paths through the trees
         np.testing.assert_allclose(got, expected, atol=2e-6)
 
 

@@ -81,7 +81,8 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runtime-precision", choices=("auto", "float"), default="auto",
         help="the network's precision for batml detect (ONNX graphs in the bundle): auto (default) keeps int8 when "
-        "it detects the validation recordings within 0.005 of float's detection AP; float skips that check",
+        "it detects the validation recordings within 0.005 of float's detection AP and class mAP; float skips that "
+        "check",
     )  # fmt: skip
     add_audio_options(p)
     add_cluster_options(p)

@@ -324,11 +324,6 @@ def _model_document(bundle, settings, precision: str, names: dict, hybrid: bool)
 
 def _readme(document: dict) -> str:
     licence = document.get("licence") or "none recorded in the model's manifest"
-    if not document.get("licence") and document["model"].get("default"):
-        licence += (
-            " (batml's bundled model was trained partly on real recordings under CC BY-NC 4.0, from the batdetect2 "
-            "repositories: non-commercial use; see batml's README)"
-        )
     return (
         f"batml device export ({document['model']['architecture']}, {document['network']['precision']} network)\n\n"
         "  model.json           spectrogram settings, classes, thresholds, score calibration, detection settings,\n"

@@ -162,7 +162,7 @@ def runtime_graphs(bundle, precision: str = "auto") -> RuntimeGraphs | None:
     if wanted == "int8":
         raise BundleError(
             bundle.path,
-            "holds no int8 graphs (training keeps them only when they keep the detection AP); "
+            "holds no int8 graphs (training keeps them only when they keep the detection AP and mAP); "
             "detect with --precision float or auto",
         )
     return exported_graphs(bundle, row)

@@ -58,7 +58,7 @@ class TrainSettings:
     fine_tune_rate : fine-tuning: factor of the learning rate in the second phase (all layers)
     runtime_precision : the precision of the bundle's runtime graphs (what ``batml detect`` runs):
         ``"auto"`` keeps int8 when it detects the validation recordings within 0.005 of float's
-        detection AP (:mod:`pipeline.training.precision`), ``"float"`` skips that check
+        detection AP and class mAP (:mod:`pipeline.training.precision`), ``"float"`` skips that check
     """
 
     model_type: str = "hybrid_cnn_xgboost"

@@ -4,8 +4,8 @@
 (:func:`pipeline.model.export.quantized_int8`, calibrated on spectrogram columns of the training
 recordings), detects the validation recordings with the float and the int8 graphs the way
 ``batml detect`` does (:class:`pipeline.detection.scorers.WindowScorer` with the default scan and
-boosters' policy), and keeps int8 only when its detection AP is within :data:`AP_TOLERANCE` of
-float's (:mod:`pipeline.model.accuracy`). The int8 variants of :data:`INT8_VARIANTS` are tried in
+boosters' policy), and keeps int8 only when its detection AP and its class mAP are both within
+:data:`AP_TOLERANCE` of float's (:mod:`pipeline.model.accuracy`, :func:`keeps_accuracy`). The int8 variants of :data:`INT8_VARIANTS` are tried in
 turn: every layer but the output layer, then the embedding layer float too (a hybrid's boosters
 split on embedding values). The bundle holds the graphs of the chosen precision, and its
 manifest's ``"runtime"`` says which, with the APs measured.
@@ -58,6 +58,16 @@ def calibration_inputs(model, spectrograms: Sequence[np.ndarray], *, width: int 
     from pipeline.detection.scoring import recording_windows
 
     return [recording_windows(s, np.arange(0, len(s) - width + 1, 4), width) for s in strips]
+
+
+def keeps_accuracy(reference, candidate) -> bool:
+    """Whether ``candidate`` (a :class:`pipeline.model.accuracy.ScorerAccuracy`) is within
+    :data:`AP_TOLERANCE` of ``reference`` in detection AP and, where the classes have any AP (not
+    NaN), in mAP: quantization must not cost the species either."""
+    losses = [reference.detection_ap - candidate.detection_ap]
+    if np.isfinite(reference.class_map):
+        losses.append(reference.class_map - candidate.class_map)
+    return max(losses) <= AP_TOLERANCE
 
 
 def quantized_graphs(graphs: Mapping, spectrograms: Sequence[np.ndarray], **options) -> dict:
@@ -196,7 +206,7 @@ def choose_runtime_graphs(
         as_int8 = detection_ap(runtime(int8_graphs), boosters, cube, validation, classes)
         check[f"detection_ap_{variant}"] = round(as_int8.detection_ap, 6)
         check[f"class_map_{variant}"] = round(as_int8.class_map, 6)
-        if as_float.detection_ap - as_int8.detection_ap <= AP_TOLERANCE:
+        if keeps_accuracy(as_float, as_int8):
             check["kept"] = variant
             return int8_graphs, {"precision": "int8", "int8_check": check}
     return float_graphs, {"precision": "float", "int8_check": check}
