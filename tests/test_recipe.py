@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import REFERENCE_GROUPS
+from pipeline.config import REFERENCE_GROUPS, SpectrogramSettings
 from pipeline.model.bundle import load_bundle
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "default_model.sh"
@@ -25,5 +25,8 @@ def test_the_default_model_recipe_runs_at_tiny_settings(real_data, tmp_path):
     bundle = load_bundle(tmp_path / "model")
     assert bundle.architecture == "hybrid_cnn_xgboost" and bundle.classes == list(REFERENCE_GROUPS)
     assert "CC BY-NC 4.0" in bundle.licence  # batdetect2's examples: the model inherits their terms
+    assert "research use only" in bundle.licence  # and the reference cnn8's, its starting point
+    assert bundle.manifest["training"]["parent"]["architecture"] == "cnn8"
+    assert bundle.fingerprint == SpectrogramSettings().fingerprint()  # default cubes fit the default model
     simulated = (tmp_path / "work" / "audio" / "sim" / "simulation.json").read_text()
     assert "GPL-3" in simulated  # the Tadarida backgrounds' licence, recorded by the simulator
