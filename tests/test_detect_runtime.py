@@ -347,3 +347,15 @@ def test_training_keeps_int8_only_where_it_keeps_the_detection_ap_and_the_map(tm
     assert reloaded.runtime["precision"] == runtime["precision"]
     assert runtime_graphs(reloaded).precision == runtime["precision"]
     assert runtime_graphs(reloaded, "float").precision == "float"
+
+
+def test_int8_is_kept_only_when_it_keeps_the_detection_ap_and_the_map():
+    from pipeline.model.accuracy import ScorerAccuracy
+    from pipeline.training.precision import AP_TOLERANCE, keeps_accuracy
+
+    float_ = ScorerAccuracy(detection_ap=0.90, class_map=0.80, n_events=100)
+    assert keeps_accuracy(float_, ScorerAccuracy(0.90 - AP_TOLERANCE / 2, 0.80 - AP_TOLERANCE / 2, 100))
+    assert not keeps_accuracy(float_, ScorerAccuracy(0.90, 0.80 - 0.019, 100))  # the species lost
+    assert not keeps_accuracy(float_, ScorerAccuracy(0.90 - 0.01, 0.80, 100))
+    detector = ScorerAccuracy(detection_ap=0.90, class_map=float("nan"), n_events=100)  # no class has an AP
+    assert keeps_accuracy(detector, ScorerAccuracy(0.899, float("nan"), 100))
