@@ -7,7 +7,8 @@ number the top-1 accuracy is computed on.
 
 Models (``batml convert`` makes each bundle from ``../shared/data/reference_models``):
 
-``batml default``             the bundled model (hybrid, trained by batml on simulated calls)
+``batml default``             the bundled model (hybrid: the reference cnn8 fine-tuned by batml on
+                              simulated calls and the real sets, these included)
 ``ref cnn8``                  the reference's cnn8 network, as ``batml convert`` makes it
                               (log scaling at the expanded rate: ``log_scale_expansion = 10``)
 ``ref cnn8, log x1``          the same network fed batml's default features, to show what the

@@ -228,8 +228,8 @@ def _recording_detections(detections, path: str, channel: int, begin: float, end
 
 
 def _model_predictor(model, fingerprint: str):
-    """``(predictor, classes, thresholds)`` of a model (a :class:`~pipeline.model.model.Model`,
-    a bundle or a bundle's path) made for the cube's settings."""
+    """``(predictor, classes, thresholds, calibration)`` of a model (a
+    :class:`~pipeline.model.model.Model`, a bundle or a bundle's path) made for the cube's settings."""
     from pipeline.model.model import Model, open_model
 
     if not isinstance(model, Model):
@@ -238,11 +238,12 @@ def _model_predictor(model, fingerprint: str):
         raise PlotError(
             f"{model.path}: the model expects spectrogram settings {model.fingerprint}, the cube has {fingerprint}"
         )
-    return model.predictor(booster_gate=0.0), model.classes, model.thresholds
+    return model.predictor(booster_gate=0.0), model.classes, model.thresholds, model.calibration
 
 
-def _draw_probabilities(ax, times, probs, classes, thresholds):
-    ax.plot(times, 1.0 - probs[:, 0], color="black", linewidth=1.5, label="call")
+def _draw_probabilities(ax, times, probs, classes, thresholds, calibration):
+    # The call score as detections report it (calibrated), on the scale of the detection threshold.
+    ax.plot(times, calibration(1.0 - probs[:, 0]), color="black", linewidth=1.5, label="call")
     for k, name in enumerate(classes):
         ax.plot(times, probs[:, k + 1], color=_colour(name, k), linewidth=1.0, label=name)
     ax.axhline(thresholds.get("detection", 0.5), color="grey", linestyle=":", linewidth=1.0)
@@ -289,9 +290,10 @@ def spectrogram(
     min_probability : float
         See ``detections``.
     model : path or ModelBundle, optional
-        A model bundle (:func:`pipeline.open_model`): a second panel shows its probabilities
-        of a call and of each class for the window starting at every column (every window
-        scored; the dotted line is the model's detection threshold).
+        A model bundle (:func:`pipeline.open_model`): a second panel shows its call score
+        (calibrated, as detections report it) and its probability of each class for the window
+        starting at every column (every window scored; the dotted line is the model's detection
+        threshold).
     axes : matplotlib Axes or sequence of two, optional
         Where to draw: one axes, or two (spectrogram, probabilities) with ``model``.
     figsize : (float, float)
@@ -354,9 +356,9 @@ def spectrogram(
         calls = _recording_detections(detections, path, ch, times[0], times[-1] + step, min_probability)
         _draw_boxes(ax, calls, min_probability, window_seconds(settings), low, high)
     if model is not None:
-        predict, classes, thresholds = _model_predictor(model, cube.attrs["fingerprint"])
+        predict, classes, thresholds, calibration = _model_predictor(model, cube.attrs["fingerprint"])
         probs = column_probabilities(predict, columns)[: hi - lo]
-        _draw_probabilities(axes[1], times, probs, classes, thresholds)
+        _draw_probabilities(axes[1], times, probs, classes, thresholds, calibration)
     axes[-1].set_xlabel("time in the recording (s)")
     ax.set_xlim(times[0], times[-1] + step)
     return figure

@@ -16,8 +16,8 @@ but the model):
   detect). The time-expanded sets are copied with a GUANO ``TE`` so that one cube holds them all.
 
 The model inherits the terms of the data it learned from: CC BY-NC 4.0 (non-commercial) from
-batdetect2's examples and GPL-3 from the Tadarida and soundClass samples (and, with ``--from``
-a reference network, research use only); the manifest says so.
+batdetect2's examples and GPL-3 from the Tadarida and soundClass samples (and, with
+``--from-reference`` or ``--from`` a reference network, research use only); the manifest says so.
 
     python recipes/default_model.py --work /tmp/batml-default --out pipeline/model/default \
         --from-reference --minutes 10 --epochs 30 --hnm 0 --workers 1         # the bundled model
@@ -198,8 +198,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hnm", type=int, default=1)
     parser.add_argument("--from", dest="parent", help="a bundle to fine-tune (default: train from scratch)")
     parser.add_argument("--from-reference", nargs="?", const=REFERENCE_MODELS, type=Path, metavar="WEIGHTS_DIR",
-                        help="fine-tune the reference system's cnn8 (its .npy files in WEIGHTS_DIR, default "
-                        "../shared/data/reference_models), read through the default features: the bundled model")  # fmt: skip
+                        help="fine-tune the reference system's cnn8 (its .npy files in WEIGHTS_DIR; default: "
+                        "shared/data/reference_models beside the repository), read through the default features; "
+                        "the bundled model adds --minutes 10 --epochs 30 --hnm 0 --workers 1")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--runtime-precision", choices=("auto", "float"), default="float",
@@ -213,6 +214,8 @@ def main(argv=None) -> int:
     if args.from_reference is not None:
         if args.parent:
             parser.error("--from and --from-reference: give one")
+        if not (args.from_reference / f"{REFERENCE_CNN8}_weights.npy").is_file():
+            parser.error(f"--from-reference {args.from_reference}: no {REFERENCE_CNN8}_weights.npy there")
         args.parent = str(reference_parent(args.work, args.from_reference))
     annotation_set, licence = assemble(args.work, minutes=args.minutes, sets=args.sets, hold_out=args.hold_out,
                                        seed=args.seed)  # fmt: skip

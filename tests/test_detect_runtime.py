@@ -359,3 +359,4 @@ def test_int8_is_kept_only_when_it_keeps_the_detection_ap_and_the_map():
     assert not keeps_accuracy(float_, ScorerAccuracy(0.90 - 0.01, 0.80, 100))
     detector = ScorerAccuracy(detection_ap=0.90, class_map=float("nan"), n_events=100)  # no class has an AP
     assert keeps_accuracy(detector, ScorerAccuracy(0.899, float("nan"), 100))
+    assert not keeps_accuracy(float_, ScorerAccuracy(0.90, float("nan"), 100))  # the classes' AP lost

@@ -95,11 +95,14 @@ def test_boosters_as_flat_arrays_equal_xgboost(real_data):
     bundle = load_bundle(DEFAULT_MODEL)
     embedding = rng.gamma(0.5, 1.0, size=(500, 320)).astype(np.float32)
     embedding[rng.random(embedding.shape) < 0.5] = 0.0  # ReLU outputs: many exact zeros
+    spread = []
     for booster in bundle.boosters().values():
         expected = booster.inplace_predict(embedding)
         got = forest_probabilities(booster_arrays(booster), embedding)
         assert len(np.unique(expected)) > 100  # the embeddings take many paths through the trees
         np.testing.assert_allclose(got, expected, atol=2e-6)
+        spread.append(np.ptp(expected))
+    assert np.median(spread) > 0.1  # over a real range of probabilities
 
 
 def test_the_reference_runner_reproduces_batml_detect(exported, recordings, detected, tmp_path):

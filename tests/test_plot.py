@@ -111,7 +111,7 @@ def test_spectrogram_with_a_model_draws_its_probabilities(cube, detections, run)
     times = probabilities.lines[0].get_xdata()
     for box in (p for p in spectrum.patches if isinstance(p, Rectangle)):
         near = np.abs(times - box.get_x()) < 0.005  # the run's call: the model's call score is high there
-        assert call[near].max() > 0.05  # the run's detection threshold
+        assert call[near].max() > 0.05  # the run's detection threshold (the line is the calibrated score)
 
 
 def test_spectrogram_refuses_an_unknown_recording_and_an_empty_range(run):
