@@ -7,8 +7,9 @@ recordings), detects the validation recordings with the float and the int8 graph
 boosters' policy), and keeps int8 only when its detection AP and its class mAP are both within
 :data:`AP_TOLERANCE` of float's (:mod:`pipeline.model.accuracy`, :func:`keeps_accuracy`). The
 int8 variants of :data:`INT8_VARIANTS` are tried in turn: every layer but the output layer, then
-the embedding layer float too (a hybrid's boosters split on embedding values). The bundle holds the graphs of the chosen precision, and its
-manifest's ``"runtime"`` says which, with the APs measured.
+the embedding layer float too (a hybrid's boosters split on embedding values). The bundle holds
+the graphs of the chosen precision, and its manifest's ``"runtime"`` says which, with the APs
+measured.
 
 Measured on a valid-time hybrid (``cnn_8_dense``, 10 simulated minutes and the 3 annotated real
 recordings, 30 epochs; validation split, 15 recordings): float 0.8935, int8 0.8757, int8 with a
